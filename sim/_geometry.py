@@ -1,0 +1,47 @@
+"""Small pose helpers shared by the backends."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def yaw_quat(yaw: float) -> np.ndarray:
+    """Quaternion (w, x, y, z) of a rotation by yaw about z."""
+    return np.array([np.cos(yaw / 2.0), 0.0, 0.0, np.sin(yaw / 2.0)])
+
+
+def quat_yaw(q) -> float:
+    """Yaw (rotation about z) of a wxyz quaternion."""
+    w, x, y, z = q
+    return float(np.arctan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z)))
+
+
+def quat_up_z(q) -> float:
+    """z component of the body's local z axis in the world (1 upright, -1 upside down)."""
+    w, x, y, z = q
+    return float(1.0 - 2.0 * (x * x + y * y))
+
+
+def look_at_axes(pos, target, up=(0.0, 0.0, 1.0)) -> tuple:
+    """Camera right (x) and up (y) axes for a camera at pos looking at target (OpenGL convention)."""
+    pos, target, up = (np.asarray(v, dtype=float) for v in (pos, target, up))
+    f = target - pos
+    f /= np.linalg.norm(f)
+    x = np.cross(f, up)
+    if np.linalg.norm(x) < 1e-6:
+        x = np.cross(f, np.array([1.0, 0.0, 0.0]))
+    x /= np.linalg.norm(x)
+    y = np.cross(x, f)
+    return x, y, f
+
+
+def container_boxes(size) -> list:
+    """(center, half_extents) of the floor and four walls of an open container."""
+    hx, hy, h = (float(s) for s in size)
+    t = 0.006  # wall and floor half thickness
+    return [
+        ((0.0, 0.0, -h / 2 + t), (hx, hy, t)),
+        ((hx - t, 0.0, 0.0), (t, hy, h / 2)),
+        ((-hx + t, 0.0, 0.0), (t, hy, h / 2)),
+        ((0.0, hy - t, 0.0), (hx, t, h / 2)),
+        ((0.0, -hy + t, 0.0), (hx, t, h / 2)),
+    ]

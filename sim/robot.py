@@ -1,0 +1,36 @@
+"""The Franka Panda description shared by both engines (pybullet_data's URDF)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pybullet_data
+
+PANDA_DIR = os.path.join(pybullet_data.getDataPath(), "franka_panda")
+PANDA_URDF = os.path.join(PANDA_DIR, "panda.urdf")
+ARM_JOINTS = tuple(f"panda_joint{i}" for i in range(1, 8))
+FINGER_JOINTS = ("panda_finger_joint1", "panda_finger_joint2")
+HAND_LINK = "panda_hand"
+TCP_LINK = "panda_grasptarget"
+FINGER_LINKS = ("panda_leftfinger", "panda_rightfinger")
+# Elbow-up, gripper pointing down, TCP at about (0.45, 0, 0.30).
+HOME_Q = np.array([0.0, -0.35, 0.0, -2.35, 0.0, 2.0, 0.785398])
+ARM_EFFORT = np.array([87.0, 87.0, 87.0, 87.0, 12.0, 12.0, 12.0])
+ARM_LOWER = np.array([-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973])
+ARM_UPPER = np.array([2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973])
+FINGER_MAX = 0.04          # metres per finger
+FINGER_FORCE = 40.0        # newtons per finger when closing
+FINGER_FRICTION = 1.0
+
+
+def panda_urdf_text() -> str:
+    """The URDF with package:// stripped so that MuJoCo resolves meshes from PANDA_DIR."""
+    with open(PANDA_URDF, encoding="utf-8") as f:
+        return f.read().replace("package://", "")
+
+
+def top_down_quat(yaw: float) -> np.ndarray:
+    """Quaternion (w, x, y, z) of a gripper pointing down, rotated by yaw about world z."""
+    # R = Rz(yaw) * Rx(pi)
+    cy, sy = np.cos(yaw / 2.0), np.sin(yaw / 2.0)
+    return np.array([0.0, cy, sy, 0.0])
