@@ -48,6 +48,9 @@ def _robot_spec() -> mujoco.MjSpec:
         a.set_to_position(kp=FINGER_KP, kv=20.0)
         a.forcelimited = mujoco.mjtLimited.mjLIMITED_TRUE
         a.forcerange = [-R.FINGER_FORCE, R.FINGER_FORCE]
+    eq = spec.add_equality(name="finger_coupling", type=mujoco.mjtEq.mjEQ_JOINT)
+    eq.name1, eq.name2 = R.FINGER_JOINTS[1], R.FINGER_JOINTS[0]
+    eq.data[:5] = [0, 1, 0, 0, 0]
     for g in spec.geoms:
         g.friction = [R.FINGER_FRICTION, 0.005, 0.0001]
         g.condim = 4

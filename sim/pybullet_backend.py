@@ -56,7 +56,12 @@ class PybulletBackend(Backend):
         self._tcp_link = names["link:" + R.TCP_LINK]
         self._finger_links = {names["link:" + n]: n for n in R.FINGER_LINKS}
         for j in self._finger_j:
-            c.changeDynamics(self.robot, j, lateralFriction=R.FINGER_FRICTION, spinningFriction=0.001)
+            c.changeDynamics(self.robot, j, lateralFriction=R.FINGER_FRICTION, spinningFriction=0.02,
+                             frictionAnchor=True)
+        # Couple the fingers like the real Panda's single-motor gripper.
+        gear = c.createConstraint(self.robot, self._finger_j[0], self.robot, self._finger_j[1], p.JOINT_GEAR,
+                                  [1, 0, 0], [0, 0, 0], [0, 0, 0])
+        c.changeConstraint(gear, gearRatio=-1, erp=0.1, maxForce=50)
         tcol = c.createCollisionShape(p.GEOM_BOX, halfExtents=TABLE_HALF)
         tvis = c.createVisualShape(p.GEOM_BOX, halfExtents=TABLE_HALF, rgbaColor=[0.75, 0.65, 0.5, 1])
         self.table = c.createMultiBody(0, tcol, tvis, TABLE_CENTER)
@@ -98,7 +103,7 @@ class PybulletBackend(Backend):
                                            rgbaColors=[rgba] * n)
         mass = 0.0 if o.fixed else o.mass
         uid = c.createMultiBody(mass, col, vis, list(o.pos), _xyzw(yaw_quat(o.yaw)))
-        c.changeDynamics(uid, -1, lateralFriction=o.friction, spinningFriction=0.001, rollingFriction=0.0001)
+        c.changeDynamics(uid, -1, lateralFriction=o.friction, spinningFriction=0.01, rollingFriction=0.0001)
         return uid
 
     def reset_robot(self, q=None) -> None:

@@ -195,10 +195,34 @@ class ScriptedSkill:
             t = spec.object(target)
             pos, quat = b.object_pose(target)
             if t.shape == "container":
-                return pos[0], pos[1], pos[2] - t.half_height + WALL, None
+                x, y = self._free_in_container(b, target, held)
+                return x, y, pos[2] - t.half_height + WALL, None
             return pos[0], pos[1], pos[2] + t.half_height, quat_yaw(quat)
         z = spec.zone(target)
         return float(z.center[0]), float(z.center[1]), 0.0, None
+
+    def _free_in_container(self, b: Backend, container: str, held: str) -> tuple:
+        """The spot inside a container farthest from the objects already in it."""
+        c = b.spec.object(container)
+        cpos, _ = b.object_pose(container)
+        hx, hy = c.footprint
+        r = max(b.spec.object(held).footprint) + WALL + 0.004
+        others = []
+        for o in b.spec.objects:
+            if o.name in (held, container):
+                continue
+            p, _ = b.object_pose(o.name)
+            if abs(p[0] - cpos[0]) < hx and abs(p[1] - cpos[1]) < hy:
+                others.append(p[:2])
+        if not others:
+            return float(cpos[0]), float(cpos[1])
+        best, best_d = (float(cpos[0]), float(cpos[1])), -1.0
+        for x in np.linspace(cpos[0] - hx + r, cpos[0] + hx - r, 7):
+            for y in np.linspace(cpos[1] - hy + r, cpos[1] + hy - r, 7):
+                d = min(math.hypot(x - q[0], y - q[1]) for q in others)
+                if d > best_d:
+                    best, best_d = (float(x), float(y)), d
+        return best
 
     def _place(self, b: Backend, name: str, target, release: bool = True):
         if target == name:
@@ -239,16 +263,18 @@ class ScriptedSkill:
         ee, _ = b.ee_pose()
         yield from self._move(b, [ee[0], ee[1], carry], yaw, tol=0.02, ticks=20, settle=0)
         pos, _ = b.object_pose(name)
-        err = math.hypot(pos[0] - x, pos[1] - y)
-        if isinstance(target, str) and target in b.spec.object_names and b.spec.object(target).shape != "container":
-            tol = max(b.spec.object(target).footprint) * 0.9
-        elif isinstance(target, str) and target in b.spec.object_names:
-            tol = min(b.spec.object(target).footprint)
+        if isinstance(target, str) and target in b.spec.object_names:
+            t = b.spec.object(target)
+            tpos, _ = b.object_pose(target)
+            margin = WALL if t.shape == "container" else -0.004
+            ok = all(abs(pos[i] - tpos[i]) <= t.footprint[i] - margin for i in (0, 1))
         elif isinstance(target, str):
-            tol = min(b.spec.zone(target).half_size)
+            z = b.spec.zone(target)
+            ok = all(abs(pos[i] - z.center[i]) <= z.half_size[i] for i in (0, 1))
         else:
-            tol = 0.03
-        if err > tol:
+            ok = math.hypot(pos[0] - x, pos[1] - y) <= 0.03
+        if not ok:
+            err = math.hypot(pos[0] - x, pos[1] - y)
             return self._fail("missed_target", f"{name} came to rest {err:.3f} m from the target")
         return SkillResult(True, None, f"{self.call}: {name} released at the target")
 

@@ -1,0 +1,386 @@
+"""Demonstration datasets: DIR/meta.json + DIR/data.zarr; an appending, resumable writer and a window reader.
+
+Layout of DIR/data.zarr (all arrays chunked and Blosc-zstd compressed):
+  data/state (T, D) float32, data/action (T, A) float32, data/skill_id (T,) int32,
+  data/task_id (T,) int32, optional data/rgb (T, H, W, 3) uint8,
+  meta/episode_ends (E,) int64 and meta/segment_ends (S,) int64 (exclusive global ends; a
+  segment is a run of steps under one skill, never crossing an episode end).
+DIR/progress.json is the writer's commit record; DIR/meta.json, written atomically by
+finalize(), makes the dataset valid and lists exactly the episodes readers see.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import zarr
+from zarr.codecs import BloscCodec
+
+from .configuration_diffusion import atomic_write_text
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+_ARRAYS = ("state", "action", "skill_id", "task_id")
+
+
+class DatasetError(RuntimeError):
+    """A dataset that is missing, unfinalised, corrupt or inconsistent; the message names the file."""
+
+
+def _compressor(shuffle: str = "bitshuffle") -> BloscCodec:
+    return BloscCodec(cname="zstd", clevel=3, shuffle=shuffle)
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, "r", encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: expected a JSON object")
+    return data
+
+
+def segments_from_skills(skill_ids: np.ndarray) -> np.ndarray:
+    """Return the exclusive end index of each run of equal skill ids."""
+    skill_ids = np.asarray(skill_ids)
+    change = np.nonzero(skill_ids[1:] != skill_ids[:-1])[0] + 1
+    return np.concatenate([change, [len(skill_ids)]]).astype(np.int64)
+
+
+class DatasetWriter:
+    """Appends episodes to DIR/data.zarr; reopening DIR resumes; finalize() writes meta.json atomically."""
+
+    def __init__(self, path: str, *, tasks: Sequence[str] = (), backend: str = "unknown",
+                 control_hz: float = 10.0, chunk_len: int = 2048, rgb_chunk_len: int = 16,
+                 extra: Optional[dict] = None) -> None:
+        self.path = path
+        self.zarr_path = os.path.join(path, "data.zarr")
+        self.progress_path = os.path.join(path, "progress.json")
+        self.meta_path = os.path.join(path, "meta.json")
+        self.chunk_len, self.rgb_chunk_len = chunk_len, rgb_chunk_len
+        os.makedirs(path, exist_ok=True)
+        if os.path.exists(self.progress_path):
+            self._state = _read_json(self.progress_path)
+            self._root = (self._open_root("r+") if self._state["state_dim"] is not None
+                          else zarr.open_group(self.zarr_path, mode="w"))  # nothing committed yet
+            for t in tasks:
+                self._task_id(t)
+            self._truncate_uncommitted()
+        else:
+            self._state = {"format_version": FORMAT_VERSION, "backend": backend, "control_hz": control_hz,
+                           "tasks": [], "skills": [], "episodes": [], "state_dim": None, "action_dim": None,
+                           "rgb_shape": None, "num_steps": 0, "num_segments": 0, "extra": extra or {}}
+            self._root = zarr.open_group(self.zarr_path, mode="w")
+            for t in tasks:
+                self._task_id(t)
+            self._commit()
+        self._done = {(e["task"], e["seed"]) for e in self._state["episodes"]}
+
+    # -- bookkeeping
+    def _open_root(self, mode: str):
+        try:
+            return zarr.open_group(self.zarr_path, mode=mode)
+        except Exception as exc:  # noqa: BLE001
+            raise DatasetError(f"{self.zarr_path}: cannot open zarr store ({exc})") from None
+
+    def _commit(self) -> None:
+        atomic_write_text(self.progress_path, json.dumps(self._state) + "\n")
+
+    def _task_id(self, task: str) -> int:
+        if task not in self._state["tasks"]:
+            self._state["tasks"].append(task)
+        return self._state["tasks"].index(task)
+
+    def _skill_id(self, text: str) -> int:
+        skills = self._state["skills"]
+        if text not in skills:
+            skills.append(text)
+        return skills.index(text)
+
+    def _truncate_uncommitted(self) -> None:
+        """Drop rows a crash left past the last committed episode."""
+        n, s, e = self._state["num_steps"], self._state["num_segments"], len(self._state["episodes"])
+        if self._state["state_dim"] is None:
+            return
+        try:
+            for name in (*_ARRAYS, "rgb"):
+                key = f"data/{name}"
+                if name == "rgb" and self._state["rgb_shape"] is None:
+                    continue
+                arr = self._root[key]
+                if arr.shape[0] < n:
+                    raise DatasetError(f"{self.zarr_path}/{key}: has {arr.shape[0]} rows, progress.json "
+                                       f"commits {n}")
+                arr.resize((n, *arr.shape[1:]))
+            self._root["meta/episode_ends"].resize((e,))
+            self._root["meta/segment_ends"].resize((s,))
+        except KeyError as exc:
+            raise DatasetError(f"{self.zarr_path}: missing array {exc}") from None
+
+    def _create_arrays(self, state_dim: int, action_dim: int, rgb_shape: Optional[tuple]) -> None:
+        c = self.chunk_len
+        mk = self._root.create_array
+        mk("data/state", shape=(0, state_dim), chunks=(c, state_dim), dtype="float32", compressors=_compressor())
+        mk("data/action", shape=(0, action_dim), chunks=(c, action_dim), dtype="float32", compressors=_compressor())
+        mk("data/skill_id", shape=(0,), chunks=(c,), dtype="int32", compressors=_compressor())
+        mk("data/task_id", shape=(0,), chunks=(c,), dtype="int32", compressors=_compressor())
+        if rgb_shape is not None:
+            mk("data/rgb", shape=(0, *rgb_shape), chunks=(self.rgb_chunk_len, *rgb_shape), dtype="uint8",
+               compressors=_compressor("shuffle"))
+        mk("meta/episode_ends", shape=(0,), chunks=(4096,), dtype="int64", compressors=_compressor())
+        mk("meta/segment_ends", shape=(0,), chunks=(4096,), dtype="int64", compressors=_compressor())
+        self._state.update(state_dim=state_dim, action_dim=action_dim,
+                           rgb_shape=list(rgb_shape) if rgb_shape is not None else None)
+
+    # -- public API
+    @property
+    def num_episodes(self) -> int:
+        """Number of committed episodes."""
+        return len(self._state["episodes"])
+
+    def has_episode(self, task: str, seed: int) -> bool:
+        """Whether an episode of task with this seed is already stored."""
+        return (task, int(seed)) in self._done
+
+    def add_episode(self, task: str, seed: int, state: np.ndarray, action: np.ndarray,
+                    skills: Sequence[str] | str, rgb: Optional[np.ndarray] = None, split: str = "train",
+                    segment_lengths: Optional[Sequence[int]] = None, info: Optional[dict] = None) -> bool:
+        """Append one episode (per-step skill texts); returns False if (task, seed) is already stored."""
+        if self.has_episode(task, seed):
+            return False
+        state = np.asarray(state, dtype=np.float32)
+        action = np.asarray(action, dtype=np.float32)
+        t = state.shape[0]
+        if state.ndim != 2 or action.ndim != 2 or action.shape[0] != t or t == 0:
+            raise ValueError(f"state (T, D) and action (T, A) must be 2-D with equal T > 0, "
+                             f"got {state.shape} and {action.shape}")
+        if not (np.isfinite(state).all() and np.isfinite(action).all()):
+            raise ValueError("state and action must be finite")
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        skills = [skills] * t if isinstance(skills, str) else list(skills)
+        if len(skills) != t:
+            raise ValueError(f"skills has {len(skills)} entries for {t} steps")
+        if rgb is not None:
+            rgb = np.asarray(rgb)
+            if rgb.dtype != np.uint8 or rgb.ndim != 4 or rgb.shape[0] != t or rgb.shape[3] != 3:
+                raise ValueError(f"rgb must be (T, H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
+        st = self._state
+        if st["state_dim"] is None:
+            self._create_arrays(state.shape[1], action.shape[1], rgb.shape[1:] if rgb is not None else None)
+        if state.shape[1] != st["state_dim"] or action.shape[1] != st["action_dim"]:
+            raise ValueError(f"episode dims state {state.shape[1]}, action {action.shape[1]} differ from the "
+                             f"dataset's {st['state_dim']}, {st['action_dim']}")
+        want_rgb = tuple(st["rgb_shape"]) if st["rgb_shape"] is not None else None
+        got_rgb = tuple(rgb.shape[1:]) if rgb is not None else None
+        if want_rgb != got_rgb:
+            raise ValueError(f"episode rgb shape {got_rgb} differs from the dataset's {want_rgb}")
+        if segment_lengths is not None:
+            ends = np.cumsum(np.asarray(segment_lengths, dtype=np.int64))
+            if len(ends) == 0 or ends[-1] != t or (np.diff(np.concatenate([[0], ends])) <= 0).any():
+                raise ValueError("segment_lengths must be positive and sum to the episode length")
+            starts = np.concatenate([[0], ends[:-1]])
+            if any(len(set(skills[a:b])) != 1 for a, b in zip(starts, ends)):
+                raise ValueError("a segment must have one skill throughout")
+        skill_ids = np.array([self._skill_id(s) for s in skills], dtype=np.int32)
+        if segment_lengths is None:
+            ends = segments_from_skills(skill_ids)
+        task_id = self._task_id(task)
+        start = st["num_steps"]
+        root = self._root
+        root["data/state"].append(state)
+        root["data/action"].append(action)
+        root["data/skill_id"].append(skill_ids)
+        root["data/task_id"].append(np.full(t, task_id, dtype=np.int32))
+        if rgb is not None:
+            root["data/rgb"].append(rgb)
+        root["meta/episode_ends"].append(np.array([start + t], dtype=np.int64))
+        root["meta/segment_ends"].append(ends + start)
+        st["episodes"].append({"index": len(st["episodes"]), "task": task, "task_id": task_id, "seed": int(seed),
+                               "split": split, "start": start, "length": t, "num_segments": len(ends),
+                               "info": info or {}})
+        st["num_steps"] = start + t
+        st["num_segments"] += len(ends)
+        self._commit()  # the episode exists from here on
+        self._done.add((task, int(seed)))
+        return True
+
+    def finalize(self) -> str:
+        """Write DIR/meta.json atomically (the dataset is valid from then on); returns its path."""
+        st = self._state
+        if not st["episodes"]:
+            raise DatasetError(f"{self.path}: no episodes to finalise")
+        meta = {"format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "backend": st["backend"], "control_hz": st["control_hz"], "tasks": st["tasks"],
+                "skills": st["skills"],
+                "obs": {"state": [st["state_dim"]], **({"rgb": st["rgb_shape"]} if st["rgb_shape"] else {})},
+                "action_dim": st["action_dim"], "num_episodes": len(st["episodes"]),
+                "num_steps": st["num_steps"], "num_segments": st["num_segments"],
+                "episodes": st["episodes"], "extra": st["extra"]}
+        atomic_write_text(self.meta_path, json.dumps(meta, indent=1) + "\n")
+        return self.meta_path
+
+
+def load_meta(path: str) -> dict:
+    """Read and check DIR/meta.json of a finalised dataset."""
+    meta_path = os.path.join(path, "meta.json")
+    if not os.path.isdir(path):
+        raise DatasetError(f"{path}: dataset folder not found")
+    if not os.path.exists(meta_path):
+        raise DatasetError(f"{meta_path}: not found (dataset missing or never finalised)")
+    meta = _read_json(meta_path)
+    for key in ("format_version", "tasks", "skills", "obs", "action_dim", "episodes", "num_steps",
+                "num_segments"):
+        if key not in meta:
+            raise DatasetError(f"{meta_path}: missing key '{key}'")
+    if meta["format_version"] != FORMAT_VERSION:
+        raise DatasetError(f"{meta_path}: format_version {meta['format_version']}, expected {FORMAT_VERSION}")
+    return meta
+
+
+class DemoDataset(torch.utils.data.Dataset):
+    """Windows of pred_horizon steps inside one skill segment, edge-padded (pad_before To-1, pad_after Ta-1).
+
+    Items: 'state' (To, D) float32, 'action' (Tp, A) float32, 'skill_id' and 'task_id' int64 scalars,
+    'rgb' (To, H, W, 3) uint8 when load_rgb. Low-dim arrays are read once; frames are read per item.
+    """
+
+    def __init__(self, path: str, split: Optional[str] = "train", obs_horizon: int = 2, pred_horizon: int = 16,
+                 action_horizon: int = 8, load_rgb: Optional[bool] = None,
+                 tasks: Optional[Sequence[str]] = None) -> None:
+        self.path, self.split = path, split
+        self.obs_horizon, self.pred_horizon, self.action_horizon = obs_horizon, pred_horizon, action_horizon
+        self.meta = load_meta(path)
+        self.zarr_path = os.path.join(path, "data.zarr")
+        self.has_rgb = "rgb" in self.meta["obs"]
+        self.load_rgb = self.has_rgb if load_rgb is None else load_rgb
+        if self.load_rgb and not self.has_rgb:
+            raise DatasetError(f"{os.path.join(path, 'meta.json')}: no rgb observations in this dataset")
+        root = self._open()
+        n, n_ep, n_seg = self.meta["num_steps"], len(self.meta["episodes"]), self.meta["num_segments"]
+        self.state = self._read(root, "data/state", n)
+        self.action = self._read(root, "data/action", n)
+        self.skill_id = self._read(root, "data/skill_id", n).astype(np.int64)
+        self.task_id = self._read(root, "data/task_id", n).astype(np.int64)
+        episode_ends = self._read(root, "meta/episode_ends", n_ep)
+        segment_ends = self._read(root, "meta/segment_ends", n_seg)
+        self._check(episode_ends, segment_ends)
+        if self.load_rgb:
+            shape = tuple(self._array(root, "data/rgb").shape)
+            if shape[0] < n or list(shape[1:]) != list(self.meta["obs"]["rgb"]):
+                raise DatasetError(f"{self.zarr_path}/data/rgb: shape {shape} does not match meta.json")
+        self._rgb = None
+        wanted = [e for e in self.meta["episodes"]
+                  if (split is None or e["split"] == split) and (tasks is None or e["task"] in tasks)]
+        self.episodes = wanted
+        self._build_windows(segment_ends, wanted)
+
+    # -- loading and checks
+    def _open(self):
+        if not os.path.isdir(self.zarr_path):
+            raise DatasetError(f"{self.zarr_path}: zarr store not found")
+        try:
+            return zarr.open_group(self.zarr_path, mode="r")
+        except Exception as exc:  # noqa: BLE001
+            raise DatasetError(f"{self.zarr_path}: cannot open zarr store ({exc})") from None
+
+    def _array(self, root, key: str):
+        try:
+            return root[key]
+        except Exception as exc:  # noqa: BLE001 - KeyError or a corrupt zarr.json
+            raise DatasetError(f"{self.zarr_path}/{key}: missing or unreadable array ({exc})") from None
+
+    def _read(self, root, key: str, n: int) -> np.ndarray:
+        arr = self._array(root, key)
+        if arr.shape[0] < n:
+            raise DatasetError(f"{self.zarr_path}/{key}: {arr.shape[0]} rows, meta.json expects {n}")
+        try:
+            return np.asarray(arr[:n])
+        except Exception as exc:  # noqa: BLE001 - corrupt or missing chunk
+            raise DatasetError(f"{self.zarr_path}/{key}: corrupt data ({type(exc).__name__}: {exc})") from None
+
+    def _check(self, episode_ends: np.ndarray, segment_ends: np.ndarray) -> None:
+        meta_path = os.path.join(self.path, "meta.json")
+        lengths = np.array([e["length"] for e in self.meta["episodes"]], dtype=np.int64)
+        if not np.array_equal(np.cumsum(lengths), episode_ends):
+            raise DatasetError(f"{self.zarr_path}/meta/episode_ends: disagrees with episode lengths in {meta_path}")
+        if len(segment_ends) and (segment_ends[-1] != self.meta["num_steps"] or (np.diff(segment_ends) <= 0).any()
+                                  or not np.isin(episode_ends, segment_ends).all()):
+            raise DatasetError(f"{self.zarr_path}/meta/segment_ends: not increasing or not aligned with episodes")
+        if self.state.shape[1] != self.meta["obs"]["state"][0] or self.action.shape[1] != self.meta["action_dim"]:
+            raise DatasetError(f"{self.zarr_path}: state/action widths disagree with {meta_path}")
+
+    def _build_windows(self, segment_ends: np.ndarray, episodes: list) -> None:
+        seg_starts = np.concatenate([[0], segment_ends[:-1]]).astype(np.int64)
+        keep = np.zeros(len(segment_ends), dtype=bool)
+        for e in episodes:
+            keep |= (seg_starts >= e["start"]) & (segment_ends <= e["start"] + e["length"])
+        pad_before, pad_after, tp = self.obs_horizon - 1, self.action_horizon - 1, self.pred_horizon
+        starts, lo, hi = [], [], []
+        for s, e in zip(seg_starts[keep], segment_ends[keep]):
+            first = -pad_before
+            last = max(e - s - tp + pad_after, first)  # a short segment still yields one window
+            offs = np.arange(first, last + 1) + s
+            starts.append(offs)
+            lo.append(np.full(len(offs), s))
+            hi.append(np.full(len(offs), e))
+        cat = lambda xs: np.concatenate(xs).astype(np.int64) if xs else np.zeros(0, np.int64)  # noqa: E731
+        self._win_start, self._win_lo, self._win_hi = cat(starts), cat(lo), cat(hi)
+        self.steps = (np.concatenate([np.arange(e["start"], e["start"] + e["length"]) for e in episodes])
+                      if episodes else np.zeros(0, np.int64))
+
+    # -- public API
+    @property
+    def skills(self) -> list[str]:
+        """The skill text vocabulary (index = skill_id)."""
+        return list(self.meta["skills"])
+
+    @property
+    def tasks(self) -> list[str]:
+        """The task names (index = task_id)."""
+        return list(self.meta["tasks"])
+
+    def stats(self) -> dict:
+        """Min/max of state and action over the selected episodes' steps (normaliser stats)."""
+        if len(self.steps) == 0:
+            raise DatasetError(f"{self.path}: no episodes in split {self.split!r}")
+        s, a = self.state[self.steps], self.action[self.steps]
+        return {"state": {"min": torch.from_numpy(s.min(0)), "max": torch.from_numpy(s.max(0))},
+                "action": {"min": torch.from_numpy(a.min(0)), "max": torch.from_numpy(a.max(0))}}
+
+    def window_indices(self, i: int) -> np.ndarray:
+        """Global step indices (pred_horizon,) of window i, clipped to its segment (edge padding)."""
+        idx = self._win_start[i] + np.arange(self.pred_horizon)
+        return np.clip(idx, self._win_lo[i], self._win_hi[i] - 1)
+
+    def __len__(self) -> int:
+        return len(self._win_start)
+
+    def __getitem__(self, i: int) -> dict:
+        idx = self.window_indices(i)
+        obs_idx = idx[:self.obs_horizon]
+        item = {"state": torch.from_numpy(self.state[obs_idx]), "action": torch.from_numpy(self.action[idx]),
+                "skill_id": torch.tensor(self.skill_id[idx[0]]), "task_id": torch.tensor(self.task_id[idx[0]])}
+        if self.load_rgb:
+            if self._rgb is None:
+                self._rgb = self._array(self._open(), "data/rgb")
+            lo, hi = int(obs_idx.min()), int(obs_idx.max())
+            try:
+                frames = np.asarray(self._rgb[lo:hi + 1])
+            except Exception as exc:  # noqa: BLE001
+                raise DatasetError(f"{self.zarr_path}/data/rgb: corrupt frames {lo}..{hi} ({exc})") from None
+            item["rgb"] = torch.from_numpy(frames[obs_idx - lo])
+        return item
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_rgb"] = None  # each DataLoader worker opens its own handle
+        return state

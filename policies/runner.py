@@ -1,0 +1,142 @@
+"""Closed-loop inference for vector envs: per-env observation history and action-chunk queue, batched sampling."""
+from __future__ import annotations
+
+from collections import deque
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from .checkpoint import load_policy
+from .modeling_diffusion import DiffusionPolicy
+from .text_encoder import make_text_encoder
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """Map 'auto' | 'cpu' | 'cuda[:N]' to a torch.device ('auto' prefers CUDA)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but no CUDA GPU is available")
+    return torch.device(device)
+
+
+class PolicyRunner:
+    """Runs a DiffusionPolicy for num_envs envs: receding horizon (replan every action_horizon steps or on skill change).
+
+    Each env keeps its last obs_horizon observations and a queue of planned actions; envs whose
+    queue is empty are planned together in one batch. A new skill text or task for an env flushes
+    its history and queue, as training windows never cross skill segments.
+    """
+
+    def __init__(self, policy: DiffusionPolicy, num_envs: int = 1, device: Union[str, torch.device, None] = None,
+                 sampler: Optional[str] = None, num_inference_steps: Optional[int] = None,
+                 seed: Optional[int] = None) -> None:
+        self.device = pick_device(device) if isinstance(device, str) else (device or next(policy.parameters()).device)
+        self.policy = policy.to(self.device).eval()
+        self.config = policy.config
+        self.num_envs = num_envs
+        self.sampler, self.num_inference_steps = sampler, num_inference_steps
+        self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.skills = list(getattr(policy, "skills", []))
+        self.tasks = list(getattr(policy, "tasks", []))
+        self._encoder = None
+        self._embed_cache: dict[str, torch.Tensor] = {}
+        self.reset()
+
+    @classmethod
+    def from_checkpoint(cls, path: str, num_envs: int = 1, device: str = "auto", use_ema: bool = True,
+                        sampler: Optional[str] = None, num_inference_steps: Optional[int] = None,
+                        seed: Optional[int] = None) -> "PolicyRunner":
+        """Load a checkpoint file or run folder and wrap it for num_envs envs."""
+        dev = pick_device(device)
+        return cls(load_policy(path, dev, use_ema=use_ema), num_envs, dev, sampler, num_inference_steps, seed)
+
+    def reset(self, env_ids: Optional[Sequence[int]] = None) -> None:
+        """Forget history and queued actions of env_ids (all envs when None); call on env reset."""
+        if env_ids is None:
+            self._obs = [deque(maxlen=self.config.obs_horizon) for _ in range(self.num_envs)]
+            self._queue = [deque() for _ in range(self.num_envs)]
+            self._key: list = [None] * self.num_envs
+            return
+        for i in env_ids:
+            self._obs[i].clear()
+            self._queue[i].clear()
+            self._key[i] = None
+
+    def embed_skills(self, texts: Sequence[str]) -> torch.Tensor:
+        """Return (N, E) skill embeddings: the trained table for known texts, the text encoder otherwise."""
+        out = []
+        for text in texts:
+            emb = self._embed_cache.get(text)
+            if emb is None:
+                if text in self.skills:
+                    emb = self.policy.skill_table[self.skills.index(text)]
+                else:
+                    if self._encoder is None:
+                        self._encoder = make_text_encoder(self.config.text_encoder, self.config.text_embed_dim)
+                    emb = self._encoder.encode([text])[0].to(self.device)
+                self._embed_cache[text] = emb
+            out.append(emb)
+        return torch.stack(out)
+
+    def task_index(self, task: Union[int, str]) -> int:
+        """Map a task name or id to the policy's task id."""
+        if isinstance(task, str):
+            if task not in self.tasks:
+                raise ValueError(f"task {task!r} was not in the training data; known: {self.tasks}")
+            return self.tasks.index(task)
+        task = int(task)
+        if not 0 <= task < self.config.num_tasks:
+            raise ValueError(f"task id {task} outside 0..{self.config.num_tasks - 1}")
+        return task
+
+    def _frames(self, obs_batch) -> list[dict]:
+        if not isinstance(obs_batch, dict):
+            obs_batch = {"state": obs_batch}
+        state = torch.as_tensor(np.asarray(obs_batch["state"], dtype=np.float32), device=self.device)
+        if state.ndim != 2 or state.shape != (self.num_envs, self.config.state_dim):
+            raise ValueError(f"state must be ({self.num_envs}, {self.config.state_dim}), got {tuple(state.shape)}")
+        frames = [{"state": state[i]} for i in range(self.num_envs)]
+        if self.config.obs_mode == "rgb":
+            if "rgb" not in obs_batch:
+                raise ValueError("this policy needs 'rgb' observations (N, H, W, 3) uint8")
+            rgb = torch.as_tensor(np.asarray(obs_batch["rgb"]), device=self.device)
+            for i in range(self.num_envs):
+                frames[i]["rgb"] = rgb[i]
+        return frames
+
+    @torch.no_grad()
+    def act(self, obs_batch, skill_texts: Sequence[str], task_ids: Sequence[Union[int, str]]) -> np.ndarray:
+        """Return (num_envs, action_dim) actions for one control tick of every env.
+
+        obs_batch: {'state': (N, D)} (+ 'rgb' (N, H, W, 3) uint8 for rgb policies) or a (N, D) state array,
+        with the state built exactly like the dataset's (robot features + skill features).
+        """
+        cfg = self.config
+        if len(skill_texts) != self.num_envs or len(task_ids) != self.num_envs:
+            raise ValueError(f"need {self.num_envs} skill texts and task ids")
+        frames = self._frames(obs_batch)
+        tasks = [self.task_index(t) for t in task_ids]
+        for i, frame in enumerate(frames):
+            key = (skill_texts[i], tasks[i])
+            if key != self._key[i]:
+                self.reset([i])
+                self._key[i] = key
+            if not self._obs[i]:
+                self._obs[i].extend([frame] * cfg.obs_horizon)
+            else:
+                self._obs[i].append(frame)
+        need = [i for i in range(self.num_envs) if not self._queue[i]]
+        if need:
+            batch = {k: torch.stack([torch.stack([f[k] for f in self._obs[i]]) for i in need])
+                     for k in frames[0]}
+            batch["skill_embed"] = self.embed_skills([skill_texts[i] for i in need])
+            batch["task_id"] = torch.tensor([tasks[i] for i in need], device=self.device)
+            chunk = self.policy.predict_action_chunk(batch, generator=self.generator, sampler=self.sampler,
+                                                     num_inference_steps=self.num_inference_steps)
+            start = cfg.obs_horizon - 1
+            chunk = chunk[:, start:start + cfg.action_horizon].cpu().numpy()
+            for j, i in enumerate(need):
+                self._queue[i].extend(chunk[j])
+        return np.stack([self._queue[i].popleft() for i in range(self.num_envs)]).astype(np.float32)

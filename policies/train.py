@@ -1,0 +1,266 @@
+"""Train the diffusion policy on a demonstration dataset; resumable, single process or DDP under torchrun.
+
+A run folder holds config.json (the full config, dims filled in), run_info.json, metrics.jsonl,
+checkpoints/last.pt (full training state, rewritten every checkpoint_every steps) and
+checkpoints/step_NNNNNNN.pt (weights and EMA only), plus tensorboard/ when TensorBoard is installed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
+
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .configuration_diffusion import ConfigError, DiffusionConfig, atomic_write_text
+from .dataset import DatasetError, DemoDataset
+from .modeling_diffusion import DiffusionPolicy
+from .text_encoder import TextEncoderError, make_text_encoder
+
+
+class TrainError(RuntimeError):
+    """A training run that cannot start or continue (run folder state, dataset/config mismatch)."""
+
+
+@dataclass
+class TrainResult:
+    """What train() returns: final step, last logged loss, run folder, last checkpoint and the policy."""
+
+    step: int
+    loss: float
+    run_dir: str
+    checkpoint: Optional[str]
+    policy: DiffusionPolicy
+
+
+def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+    """Map 'auto' | 'cpu' | 'cuda' (or 'cuda:N') to a torch.device; 'cuda' without a GPU is an error."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise TrainError("device 'cuda' requested but no CUDA GPU is available")
+        return torch.device(device if ":" in device else f"cuda:{local_rank}")
+    if device != "cpu":
+        raise TrainError(f"unknown device {device!r}; use auto, cpu or cuda")
+    return torch.device("cpu")
+
+
+def _dist_env() -> tuple[int, int, int]:
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def _infinite(loader: DataLoader, sampler: DistributedSampler, epoch: int):
+    while True:
+        sampler.set_epoch(epoch)
+        for batch in loader:
+            yield batch
+        epoch += 1
+
+
+def _prepare_config(out_dir: str, config: Optional[DiffusionConfig], resume: bool, steps: Optional[int],
+                    batch_size: Optional[int], log) -> tuple[DiffusionConfig, Optional[str]]:
+    config_path = os.path.join(out_dir, "config.json")
+    last = os.path.join(out_dir, "checkpoints", "last.pt")
+    if resume:
+        if not os.path.exists(config_path):
+            raise TrainError(f"{config_path}: not found, nothing to resume (drop --resume to start a run)")
+        saved = DiffusionConfig.load(config_path)
+        if config is not None and config.to_dict() != saved.to_dict():
+            log(f"resume: using the run's saved config {config_path}, not the one passed in")
+        cfg = saved
+        ckpt = last if os.path.exists(last) else None
+    else:
+        if os.path.exists(last):
+            raise TrainError(f"{out_dir}: run folder already has checkpoints; pass --resume or choose a new --out")
+        cfg = config or DiffusionConfig()
+        ckpt = None
+    changes = {k: v for k, v in (("steps", steps), ("batch_size", batch_size)) if v is not None}
+    return (cfg.replace(**changes) if changes else cfg), ckpt
+
+
+def _fill_dims(cfg: DiffusionConfig, ds: DemoDataset, text_dim: int, resuming: bool) -> DiffusionConfig:
+    dims = {"state_dim": ds.state.shape[1], "action_dim": ds.action.shape[1], "num_tasks": len(ds.tasks),
+            "num_skills": len(ds.skills), "text_embed_dim": text_dim,
+            "image_shape": tuple(ds.meta["obs"]["rgb"]) if cfg.obs_mode == "rgb" else None}
+    if resuming:
+        bad = {k: (getattr(cfg, k), v) for k, v in dims.items() if getattr(cfg, k) != v}
+        if bad:
+            raise TrainError(f"dataset does not match the run being resumed (saved, dataset): {bad}")
+        return cfg
+    return cfg.replace(**dims)
+
+
+def train(data_dir: str, out_dir: str, config: Optional[DiffusionConfig] = None, device: str = "auto",
+          steps: Optional[int] = None, batch_size: Optional[int] = None, resume: bool = False, *,
+          progress: bool = True, log=print) -> TrainResult:
+    """Train (or resume) a policy on data_dir, writing the run folder out_dir; DDP when WORLD_SIZE > 1."""
+    rank, world, local_rank = _dist_env()
+    dev = resolve_device(device, local_rank)
+    own_group = False
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)
+        own_group = True
+    is_main = rank == 0
+    log = log if is_main else (lambda *a, **k: None)
+    try:
+        cfg, ckpt_path = _prepare_config(out_dir, config, resume, steps, batch_size, log)
+        ds = DemoDataset(data_dir, "train", cfg.obs_horizon, cfg.pred_horizon, cfg.action_horizon,
+                         load_rgb=cfg.obs_mode == "rgb")
+        if len(ds) == 0:
+            raise TrainError(f"{data_dir}: no training windows (no episodes with split 'train')")
+        encoder = make_text_encoder(cfg.text_encoder, cfg.text_embed_dim)
+        cfg = _fill_dims(cfg, ds, encoder.dim, resuming=ckpt_path is not None)
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        policy = DiffusionPolicy(cfg, encoder.encode(ds.skills), ds.stats()).to(dev)
+        optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        lr_sched = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
+                                 num_training_steps=cfg.steps)
+        ema = (EMAModel(policy.parameters(), decay=cfg.ema_max_decay, use_ema_warmup=True, power=cfg.ema_power,
+                        inv_gamma=1.0) if cfg.use_ema and is_main else None)
+        start = 0
+        if ckpt_path is not None:
+            ckpt = load_checkpoint(ckpt_path, map_location=dev)
+            policy.load_state_dict(ckpt["model"])
+            if ckpt["optimizer"] is not None:
+                optimizer.load_state_dict(ckpt["optimizer"])
+            if ckpt["lr_scheduler"] is not None:
+                lr_sched.load_state_dict(ckpt["lr_scheduler"])
+            if ema is not None and ckpt["ema"] is not None:
+                ema.load_state_dict(ckpt["ema"])
+                ema.to(dev)
+            start = ckpt["step"]
+            log(f"resumed {ckpt_path} at step {start}")
+        if is_main:
+            os.makedirs(out_dir, exist_ok=True)
+            cfg.save(os.path.join(out_dir, "config.json"))  # rewritten on resume: steps may have grown
+        if is_main and ckpt_path is None:
+            info = {"data": os.path.abspath(data_dir), "num_train_windows": len(ds), "skills": ds.skills,
+                    "tasks": ds.tasks, "world_size": world, "device": str(dev), "torch": torch.__version__}
+            atomic_write_text(os.path.join(out_dir, "run_info.json"), json.dumps(info, indent=2) + "\n")
+        torch.manual_seed(cfg.seed + 1000 * rank + start)  # fresh noise on each rank and after a resume
+        np.random.seed((cfg.seed + 1000 * rank + start) % 2**32)
+
+        model: torch.nn.Module = policy
+        if world > 1:
+            model = DistributedDataParallel(policy, device_ids=[dev.index] if dev.type == "cuda" else None)
+        if cfg.compile:
+            model = torch.compile(model)
+        sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+        loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                            drop_last=len(sampler) >= cfg.batch_size, pin_memory=dev.type == "cuda",
+                            persistent_workers=cfg.num_workers > 0)
+        batches = _infinite(loader, sampler, epoch=start)
+        return _loop(cfg, policy, model, optimizer, lr_sched, ema, batches, dev, out_dir, start, ds,
+                     world, is_main, progress, log)
+    finally:
+        if own_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _loop(cfg, policy, model, optimizer, lr_sched, ema, batches, dev, out_dir, start, ds, world, is_main,
+          progress, log) -> TrainResult:
+    metrics_path = os.path.join(out_dir, "metrics.jsonl")
+    tb = None
+    if is_main:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            tb = SummaryWriter(os.path.join(out_dir, "tensorboard"))
+        except ImportError:
+            tb = None
+    use_amp = cfg.use_amp and dev.type == "cuda"
+    bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and is_main), desc="train", dynamic_ncols=True)
+    loss_sum, loss_n, t_last, last_loss, last_ckpt = 0.0, 0, time.perf_counter(), float("nan"), None
+    model.train()
+    for step in range(start + 1, cfg.steps + 1):
+        batch = {k: v.to(dev, non_blocking=True) for k, v in next(batches).items()}
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+            loss = model(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip_norm)
+        optimizer.step()
+        lr_sched.step()
+        if ema is not None:
+            ema.step(policy.parameters())
+        loss_sum += loss.detach()
+        loss_n += 1
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            mean = loss_sum / loss_n
+            if world > 1:
+                dist.all_reduce(mean)
+                mean = mean / world
+            last_loss = float(mean)
+            if not math.isfinite(last_loss):
+                raise TrainError(f"loss became {last_loss} at step {step}")
+            now = time.perf_counter()
+            rec = {"step": step, "loss": last_loss, "lr": lr_sched.get_last_lr()[0],
+                   "samples_per_s": loss_n * cfg.batch_size * world / max(now - t_last, 1e-9), "time": time.time()}
+            if is_main:
+                with open(metrics_path, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(rec) + "\n")
+                if tb is not None:
+                    for k in ("loss", "lr", "samples_per_s"):
+                        tb.add_scalar(f"train/{k}", rec[k], step)
+            bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{rec['lr']:.2e}")
+            loss_sum, loss_n, t_last = 0.0, 0, now
+        bar.update(1)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            if is_main:
+                common = dict(step=step, skills=ds.skills, tasks=ds.tasks, ema=ema)
+                folder = os.path.join(out_dir, "checkpoints")
+                save_checkpoint(os.path.join(folder, f"step_{step:07d}.pt"), policy, **common)
+                last_ckpt = save_checkpoint(os.path.join(folder, "last.pt"), policy, optimizer=optimizer,
+                                            lr_scheduler=lr_sched, **common)
+            if world > 1:
+                dist.barrier()
+    bar.close()
+    if tb is not None:
+        tb.close()
+    if start >= cfg.steps:
+        log(f"nothing to do: run is at step {start}, steps = {cfg.steps}")
+    return TrainResult(step=max(start, cfg.steps), loss=last_loss, run_dir=out_dir,
+                       checkpoint=last_ckpt, policy=policy)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry (taskweave train): parse flags, train, return an exit code."""
+    ap = argparse.ArgumentParser(prog="taskweave train", description="Train the multitask diffusion policy.")
+    ap.add_argument("--data", required=True, help="dataset folder (meta.json + data.zarr)")
+    ap.add_argument("--out", required=True, help="run folder (config, metrics, checkpoints)")
+    ap.add_argument("--config", help="JSON file of DiffusionConfig fields")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--steps", type=int, help="total optimiser steps (overrides the config)")
+    ap.add_argument("--batch-size", type=int, help="batch size per process (overrides the config)")
+    ap.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = ap.parse_args(argv)
+    try:
+        cfg = DiffusionConfig.load(args.config) if args.config else None
+        res = train(args.data, args.out, cfg, device=args.device, steps=args.steps, batch_size=args.batch_size,
+                    resume=args.resume, progress=not args.no_progress)
+    except (TrainError, ConfigError, DatasetError, CheckpointError, TextEncoderError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(f"done: step {res.step}, loss {res.loss:.4f}, checkpoint {res.checkpoint}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
