@@ -127,7 +127,8 @@ def train(data_dir: str, out_dir: str, config: Optional[DiffusionConfig] = None,
         cfg = _fill_dims(cfg, ds, encoder.dim, resuming=ckpt_path is not None)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         policy = DiffusionPolicy(cfg, encoder.encode(ds.skills), ds.stats()).to(dev)
-        optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+                                      foreach=True)
         lr_sched = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
                                  num_training_steps=cfg.steps)
         ema = (EMAModel(policy.parameters(), decay=cfg.ema_max_decay, use_ema_warmup=True, power=cfg.ema_power,

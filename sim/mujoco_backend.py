@@ -83,16 +83,18 @@ class MujocoBackend(Backend):
         ms.visual.quality.shadowsize = 0
         ms.visual.global_.offwidth = 640
         ms.visual.global_.offheight = 480
+        ms.visual.headlight.diffuse = [0.45, 0.45, 0.45]
+        ms.visual.headlight.ambient = [0.25, 0.25, 0.25]
         wb = ms.worldbody
         wb.add_geom(name="table", type=mujoco.mjtGeom.mjGEOM_BOX, size=list(TABLE_HALF),
                     pos=list(TABLE_CENTER), rgba=[0.75, 0.65, 0.5, 1], friction=[1.0, 0.005, 0.0001],
                     condim=4)
-        wb.add_light(pos=[0.5, 0, 1.5], dir=[0, 0, -1], castshadow=False, diffuse=[0.8, 0.8, 0.8])
+        wb.add_light(pos=[0.5, 0, 1.5], dir=[0, 0, -1], castshadow=False, diffuse=[0.45, 0.45, 0.45])
         for z in spec.zones:
             wb.add_geom(name=f"zone_{z.name}", type=mujoco.mjtGeom.mjGEOM_BOX,
                         size=[z.half_size[0], z.half_size[1], 0.0005],
-                        pos=[z.center[0], z.center[1], 0.0005], rgba=list(z.rgba) if hasattr(z, "rgba") else
-                        list(_zone_rgba(z.color)), contype=0, conaffinity=0)
+                        pos=[z.center[0], z.center[1], 0.0005], rgba=
+                        list(_zone_rgba(z.color)), contype=0, conaffinity=2)  # kept by discardvisual, never collides
         for o in spec.objects:
             body = wb.add_body(name=o.name, pos=list(o.pos), quat=list(yaw_quat(o.yaw)))
             if not o.fixed:
