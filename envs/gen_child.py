@@ -18,7 +18,7 @@ import os
 import sys
 import traceback
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from taskweave.envs.gen_guard import install_guard, neuter_unaudited, restricted_builtins
@@ -39,7 +39,6 @@ class JobKind:
     preload: tuple = ()                    # imported before the guard is armed (trusted)
     prepare: Callable = lambda job: {}     # runs before the guard too; returns ctx for run
     allow_ctypes: bool = False             # let trusted code (GL renderers) use ctypes outside task frames
-    extra: dict = field(default_factory=dict)
 
 
 JOBS: dict = {}
@@ -270,12 +269,13 @@ def main(argv=None) -> int:
                EXIT_MEMORY if isinstance(exc, MemoryError) else EXIT_BAD_INPUT)
     linecache.cache[TASK_FILENAME] = (len(source), None, source.splitlines(True), TASK_FILENAME)
     neuter_unaudited(allow_ctypes=kind.allow_ctypes)
+    read_roots = _read_roots()               # before dropping privileges: the uid may not see them
     if args["gid"] is not None:
         os.setgroups([])
         os.setgid(args["gid"])
     if args["uid"] is not None:
         os.setuid(args["uid"])
-    blocked = install_guard(scratch, read_roots=_read_roots(), task_files=(TASK_FILENAME,),
+    blocked = install_guard(scratch, read_roots=read_roots, task_files=(TASK_FILENAME,),
                             task_imports=ALLOWED_MODULES, allow_ctypes=kind.allow_ctypes)
     code = EXIT_OK
     try:

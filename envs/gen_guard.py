@@ -25,10 +25,13 @@ SAFE_EVENTS = frozenset({
     "array.__new__", "object.__delattr__", "marshal.dumps", "tempfile.mkstemp", "tempfile.mkdtemp",
     "sys._getframemodulename", "os.listxattr",
 })
-# Allowed only while no task code is on the stack.
-INTROSPECTION_EVENTS = frozenset({
-    "object.__getattr__", "sys._getframe", "code.__new__", "function.__new__", "marshal.loads", "marshal.load",
-})
+# Code construction and frames: refused while any task frame is on the stack (crafted bytecode is
+# a way out; a frame leads to the runner's locals), even through trusted helpers it calls.
+STRICT_EVENTS = frozenset({"code.__new__", "function.__new__", "marshal.loads", "marshal.load", "sys._getframe"})
+FRAME_ATTRS = frozenset({"tb_frame", "gi_frame", "cr_frame", "ag_frame"})
+# Other introspection (__code__, f_code, gi_code): refused when task code does it itself; trusted
+# helpers it calls (dataclasses -> inspect.signature -> __code__) keep working.
+INTROSPECTION_EVENTS = frozenset({"object.__getattr__"})
 # Filesystem changes allowed inside the scratch directory: event -> (path arg indices, dir_fd arg indices).
 SCRATCH_FS_EVENTS = {
     "os.mkdir": ((0,), (2,)), "os.rmdir": ((0,), (1,)), "os.remove": ((0,), (1,)),
@@ -51,11 +54,17 @@ REMOVED_BUILTINS = ("exec", "eval", "compile", "open", "globals", "locals", "var
 # Functions with side effects that raise no audit event in CPython 3.11; replaced by stubs.
 UNAUDITED = {
     "posix": ("mkfifo", "mknod", "chroot", "pidfd_open", "setns", "unshare", "setpgid", "setsid", "setpgrp",
-              "sched_setaffinity", "setpriority", "nice", "register_at_fork", "fork", "forkpty"),
+              "sched_setaffinity", "setpriority", "nice", "register_at_fork", "fork", "forkpty",
+              # raw descriptor writes and early exits would let task code forge the child's answer
+              "write", "writev", "pwrite", "pwritev", "sendfile", "splice", "copy_file_range", "dup", "dup2",
+              "_exit"),
     "_posixsubprocess": ("fork_exec",),
-    "_signal": ("pidfd_send_signal",),
-    "signal": ("pidfd_send_signal",),
+    # a signal handler is handed the interrupted frame, no audit event asked
+    "_signal": ("pidfd_send_signal", "signal", "setitimer", "alarm", "set_wakeup_fd", "siginterrupt"),
+    "signal": ("pidfd_send_signal", "signal", "setitimer", "alarm", "set_wakeup_fd", "siginterrupt"),
     "_imp": ("create_builtin",),
+    "_thread": ("start_new_thread", "start_new"),     # a thread has no task frames on its stack
+    "threading": ("_start_new_thread",),
 }
 UNAUDITED["os"] = UNAUDITED["posix"]
 CTYPES_ESCAPES = {
@@ -66,7 +75,10 @@ CTYPES_ESCAPES = {
 
 
 def _stub(name: str):
+    audit = sys.audit
+
     def disabled(*args, **kwargs):
+        audit("sandbox.disabled", name)      # recorded (and refused) by the armed hook
         raise PermissionError(f"sandbox: {name} is disabled")
     disabled.__name__ = name.rpartition(".")[2]
     return disabled
@@ -111,7 +123,7 @@ def restricted_builtins(allowed_modules) -> dict:
 
 def install_guard(scratch: str, read_roots=(), task_files=(), task_imports=(), allow_ctypes: bool = False):
     """Arm the audit hook for this process (irreversibly); return a function listing what it blocked."""
-    _type, _str, _bytes, _int, _len, _code = type, str, bytes, int, len, types.CodeType
+    _type, _str, _bytes, _int, _len, _list, _code = type, str, bytes, int, len, list, types.CodeType
     _PermissionError, _getframe = PermissionError, sys._getframe
     o_write = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
     scratch = os.path.realpath(scratch)
@@ -124,6 +136,7 @@ def install_guard(scratch: str, read_roots=(), task_files=(), task_imports=(), a
     tainted = set(task_files) | {"<string>"}
     task_tops = frozenset(m.partition(".")[0] for m in task_imports) | {"encodings"}
     safe, introspect, fs_events, read_events = SAFE_EVENTS, INTROSPECTION_EVENTS, dict(SCRATCH_FS_EVENTS), READ_EVENTS
+    strict_events, frame_attrs = STRICT_EVENTS, FRAME_ATTRS
     dangerous = DANGEROUS_IMPORTS
     busy, blocked = [False], []
 
@@ -148,8 +161,11 @@ def install_guard(scratch: str, read_roots=(), task_files=(), task_imports=(), a
             parts.append(seg)
         return "/" + "/".join(parts)
 
-    def in_task():
-        f = _getframe(1)
+    def in_task(anywhere=True):
+        """Whether task code is on the stack (anywhere) or made the audited call itself."""
+        f = _getframe(3)                      # in_task <- check <- hook <- the frame that raised the event
+        if not anywhere:
+            return f is not None and f.f_code.co_filename in tainted
         while f is not None:
             if f.f_code.co_filename in tainted:
                 return True
@@ -164,7 +180,9 @@ def install_guard(scratch: str, read_roots=(), task_files=(), task_imports=(), a
 
     def check_path(event, path, writing):
         if _type(path) is _int:
-            return                            # an already open descriptor
+            if writing and path != 1 and path != 2:
+                deny(event, "(write to descriptor)")   # the answer pipe belongs to the runner
+            return                            # reading an already open descriptor
         p = norm(path)
         if p is None:
             deny(event, "(path is not a plain str or bytes)")
@@ -208,9 +226,13 @@ def install_guard(scratch: str, read_roots=(), task_files=(), task_imports=(), a
                     deny(event, "(filename is not a plain str)")
                 tainted.add(fn)
             return
-        if event in introspect:
+        if event in strict_events:
             if in_task():
-                deny(event, args[1] if event == "object.__getattr__" else "")
+                deny(event)
+            return
+        if event in introspect:
+            if in_task(anywhere=args[1] in frame_attrs):
+                deny(event, args[1])
             return
         if event == "object.__setattr__":
             if args[1] == "__code__" and in_task():
@@ -218,6 +240,8 @@ def install_guard(scratch: str, read_roots=(), task_files=(), task_imports=(), a
             return
         if allow_ctypes and event.startswith("ctypes.") and not in_task():
             return
+        if event == "sandbox.disabled":
+            deny(args[0] if _type(args[0]) is _str else event, "(disabled)")
         deny(event)
 
     def hook(event, args):
@@ -230,4 +254,4 @@ def install_guard(scratch: str, read_roots=(), task_files=(), task_imports=(), a
             busy[0] = False
 
     sys.addaudithook(hook)
-    return lambda: list(blocked)
+    return lambda: _list(blocked)

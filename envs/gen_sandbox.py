@@ -16,8 +16,10 @@ import os
 import selectors
 import shutil
 import signal
+import stat
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -68,15 +70,46 @@ def network_isolation() -> tuple:
     return ()
 
 
-def _unprivileged_ids() -> Optional[tuple]:
+def _others_can_read(paths) -> bool:
+    """Whether a uid with no special rights can reach every path (o+x on each ancestor directory)."""
+    for path in paths:
+        here = os.path.realpath(path)
+        while True:
+            try:
+                if not os.stat(here).st_mode & stat.S_IXOTH:
+                    return False
+            except OSError:
+                return False
+            if here == "/":
+                break
+            here = os.path.dirname(here)
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def privilege_drop() -> dict:
+    """How the child stops being root: {"uid", "gid", "prefix" (setpriv command) or (), "caps"}; {} if not root."""
     if os.geteuid() != 0:
-        return None
+        return {}
     try:
         import pwd
         entry = pwd.getpwnam("nobody")
-        return entry.pw_uid, entry.pw_gid
+        uid, gid = entry.pw_uid, entry.pw_gid
     except (ImportError, KeyError):
-        return 65534, 65534
+        uid, gid = 65534, 65534
+    import taskweave.envs
+    import taskweave.sim
+    needed = [sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")]
+    needed += list(taskweave.envs.__path__) + list(taskweave.sim.__path__) + [os.path.dirname(sys.executable)]
+    readable = _others_can_read(needed)
+    exe = shutil.which("setpriv")
+    if exe is None:       # drop inside the child, which can only work if the install is readable
+        return {"uid": uid, "gid": gid, "prefix": (), "caps": None} if readable else {}
+    caps = [] if readable else ["dac_read_search"]    # read-only access to a root-only Python install
+    cap_arg = ",".join(["-all"] + [f"+{c}" for c in caps])
+    prefix = (exe, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", f"--inh-caps={cap_arg}",
+              f"--ambient-caps={cap_arg}", f"--bounding-set={cap_arg}", "--no-new-privs", "--")
+    return {"uid": uid, "gid": gid, "prefix": prefix, "caps": caps}
 
 
 def _read_source(module_path_or_source: Union[str, os.PathLike]) -> tuple:
@@ -187,21 +220,19 @@ def run_sandboxed(module_path_or_source: Union[str, os.PathLike], job: dict, tim
                   result_limit: int = 16 * 1024 * 1024, env: Optional[dict] = None,
                   drop_privileges: bool = True, isolate_network: bool = True,
                   skip_static_check: bool = False, keep_scratch: bool = False) -> SandboxResult:
-    """Run `job` on a generated task module in a contained child process; StaticPolicyError if rejected.
-
-    `skip_static_check` exists for tests of the runtime containment only.
-    """
+    """Run `job` on a generated task module in a contained child process; StaticPolicyError if rejected."""
+    # skip_static_check exists for tests of the runtime containment only.
     source, filename = _read_source(module_path_or_source)
     if not skip_static_check:
         enforce_source(source, filename)
     if not isinstance(job, dict) or not isinstance(job.get("kind"), str):
         raise ValueError("job must be a dict with a 'kind' string")
     job_text = json.dumps(job)
-    ids = _unprivileged_ids() if drop_privileges else None
+    drop = privilege_drop() if drop_privileges else {}
     net = network_isolation() if isolate_network else ()
     scratch = tempfile.mkdtemp(prefix="taskweave-sandbox-")
     isolation = {"network": " ".join(net[:-1] if net[-1:] == ("--",) else net) or None,
-                 "uid": ids[0] if ids else os.geteuid(), "scratch": scratch}
+                 "uid": drop.get("uid", os.geteuid()), "caps": drop.get("caps"), "scratch": scratch}
     result_r, result_w = os.pipe()
     start = time.monotonic()
     try:
@@ -209,12 +240,14 @@ def run_sandboxed(module_path_or_source: Union[str, os.PathLike], job: dict, tim
             with open(os.open(os.path.join(scratch, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w",
                       encoding="utf-8") as f:
                 f.write(text)
-        if ids:
-            os.chown(scratch, *ids)
+        if drop:
+            for path in (scratch, os.path.join(scratch, JOB_FILE), os.path.join(scratch, SOURCE_FILE)):
+                os.chown(path, drop["uid"], drop["gid"])
         cmd = [sys.executable, "-I", "-B", "-m", "taskweave.envs.gen_child", "--scratch", scratch,
                "--result-fd", str(result_w)]
-        if ids:
-            cmd += ["--uid", str(ids[0]), "--gid", str(ids[1])]
+        if drop and not drop["prefix"]:
+            cmd += ["--uid", str(drop["uid"]), "--gid", str(drop["gid"])]
+        cmd = list(drop.get("prefix", ())) + cmd
         if net and net[0] != "os.unshare":
             cmd = list(net) + cmd
         child_env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": scratch,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from dataclasses import dataclass
 
 ALLOWED_MODULES = frozenset({
@@ -26,12 +27,22 @@ FORBIDDEN_MODULE_NAMES = frozenset({
     "resource", "mmap", "fcntl", "pty", "tempfile", "urllib", "http", "asyncio", "site", "sysconfig",
     "ctypeslib", "_posixsubprocess", "_imp",
 })
-# Attributes that reach frames, code objects and tracebacks without any dunder.
+# Attributes that reach frames, code objects and tracebacks without any dunder; numpy's file I/O and
+# raw-memory helpers; and any stdlib module name (allowed modules re-export theirs: dataclasses.sys,
+# typing.functools), except a few that are also harmless numpy or everyday names.
+HARMLESS_MODULE_NAMES = frozenset({
+    "array", "copy", "random", "select", "trace", "math", "typing", "string", "time", "enum", "numbers",
+    "statistics", "keyword", "colorsys", "heapq", "bisect", "calendar", "datetime", "decimal", "fractions",
+    "textwrap", "queue",
+})
 FORBIDDEN_ATTRS = frozenset({
     "gi_frame", "gi_code", "gi_yieldfrom", "cr_frame", "cr_code", "cr_await", "ag_frame", "ag_code",
     "ag_await", "f_back", "f_globals", "f_locals", "f_builtins", "f_code", "f_trace", "tb_frame", "tb_next",
     "co_code", "co_consts", "co_names", "with_traceback", "format_map", "mro",
-})
+    "save", "savez", "savez_compressed", "savetxt", "load", "loadtxt", "genfromtxt", "fromfile", "tofile",
+    "memmap", "open_memmap", "DataSource", "fromregex", "as_strided", "stride_tricks", "lib", "core", "f2py",
+    "testing", "dump", "dumps",
+}) | FORBIDDEN_MODULE_NAMES | (frozenset(sys.stdlib_module_names) - HARMLESS_MODULE_NAMES)
 ALLOWED_DUNDER_DEFS = frozenset({"__init__", "__post_init__", "__repr__", "__str__"})
 MAX_SOURCE_CHARS = 200_000
 _DUNDER_IN_TEXT = re.compile(r"__\w+__")
@@ -121,6 +132,8 @@ class _Checker(ast.NodeVisitor):
                 continue
             if mod != "__future__":
                 self.check_name(node, alias.name, "imported name")
+                if alias.name in FORBIDDEN_ATTRS:
+                    self.flag(node, f"importing {alias.name!r} reaches a module or I/O helper", "internals")
                 if alias.name.startswith("_"):
                     self.flag(node, f"importing private name {alias.name!r} is not allowed", "private")
             if alias.asname:
@@ -128,7 +141,8 @@ class _Checker(ast.NodeVisitor):
 
     # ---- names and attributes --------------------------------------------------------------
     def visit_Name(self, node: ast.Name) -> None:
-        self.check_name(node, node.id, "name")
+        if not (node.id == "__all__" and isinstance(node.ctx, ast.Store)):   # __all__ = [...] is harmless
+            self.check_name(node, node.id, "name")
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
         attr = node.attr
@@ -140,10 +154,10 @@ class _Checker(ast.NodeVisitor):
             owner = node.value.id if isinstance(node.value, ast.Name) else ""
             if owner not in ("self", "cls"):
                 self.flag(node, f"private attribute {attr!r} of anything but self/cls is not allowed", "private")
-        elif attr in FORBIDDEN_ATTRS:
-            self.flag(node, f"attribute {attr!r} reaches interpreter internals", "internals")
         elif attr in FORBIDDEN_MODULE_NAMES or attr in FORBIDDEN_CALLS:
             self.flag(node, f"attribute {attr!r} names a forbidden module or builtin", "forbidden-module")
+        elif attr in FORBIDDEN_ATTRS:
+            self.flag(node, f"attribute {attr!r} reaches a module, interpreter internals or file I/O", "internals")
         self.generic_visit(node)
 
     def visit_Constant(self, node: ast.Constant) -> None:
@@ -182,25 +196,35 @@ class _Checker(ast.NodeVisitor):
         self.flag(node, "async code is not allowed", "async")
 
     def visit_While(self, node: ast.While) -> None:
-        if isinstance(node.test, ast.Constant) and node.test.value and not _has_break(node.body):
-            self.flag(node, "'while True' loop without a break", "infinite-loop", "warning")
+        if isinstance(node.test, ast.Constant) and node.test.value:
+            exits = _loop_exits(node.body)
+            if "break" not in exits and not exits & {"return", "raise"}:
+                self.flag(node, "'while True' loop with no break, return or raise never ends", "infinite-loop")
+            elif "break" not in exits:
+                self.flag(node, "'while True' loop without a break", "infinite-loop", "warning")
         self.generic_visit(node)
 
 
-def _has_break(body: list) -> bool:
-    """Whether a loop body breaks out of *this* loop (nested loops and defs do not count)."""
-    stack = list(body)
+def _loop_exits(body: list) -> set:
+    """How a loop body can leave *this* loop: "break", "return", "raise" (nested defs do not count)."""
+    found, stack = set(), [(n, True) for n in body]
     while stack:
-        n = stack.pop()
-        if isinstance(n, ast.Break):
-            return True
-        if isinstance(n, (ast.For, ast.While, ast.AsyncFor)):
-            stack.extend(n.orelse)          # a break in a nested loop's else clause breaks ours
-            continue
+        n, own = stack.pop()
+        if isinstance(n, ast.Break) and own:
+            found.add("break")
+        elif isinstance(n, ast.Return):
+            found.add("return")
+        elif isinstance(n, ast.Raise):
+            found.add("raise")
         if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
             continue
-        stack.extend(ast.iter_child_nodes(n))
-    return False
+        if isinstance(n, (ast.For, ast.While, ast.AsyncFor)):
+            # a break in a nested loop's body leaves that loop; one in its else clause leaves ours
+            stack.extend((c, False) for c in n.body)
+            stack.extend((c, own) for c in n.orelse)
+            continue
+        stack.extend((c, own) for c in ast.iter_child_nodes(n))
+    return found
 
 
 def _is_constant_expr(node: ast.AST, aliases: set) -> bool:

@@ -8,7 +8,6 @@ from typing import Optional
 
 import numpy as np
 
-from taskweave.envs.predicates import Predicate
 
 KINDS = ("move", "remove", "knock", "grasp_fail")
 OFF_TABLE = (1.6, 0.0)
@@ -76,7 +75,7 @@ def apply_perturbation(p: Perturbation, env, rng: np.random.Generator) -> str:
         if not stacked:
             return "knock: nothing stacked"
         name = stacked[0]
-        base = next(f.args[1] for f in st.facts if f == Predicate("on", (name, f.args[1])))
+        base = next(f.args[1] for f in st.facts if f.name == "on" and f.args[0] == name)
         bp = st.objects[base].pos
         ang = float(rng.uniform(0, 2 * math.pi))
         xy = (float(np.clip(bp[0] + 0.09 * math.cos(ang), 0.3, 0.7)), float(np.clip(bp[1] + 0.09 * math.sin(ang), -0.3, 0.3)))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -73,7 +73,14 @@ class SymbolicState:
     objects: dict
     zones: dict
     held: str = ""
-    facts: set = field(default_factory=set)
+    _facts: Optional[set] = field(default=None, repr=False)
+
+    @property
+    def facts(self) -> set:
+        """All relations that hold (computed once, on first use)."""
+        if self._facts is None:
+            self._facts = relations(self)
+        return self._facts
 
     def holds(self, pred: Predicate) -> bool:
         """Whether a predicate is true in this state."""

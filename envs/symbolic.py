@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from taskweave.envs.predicates import ObjectState, SymbolicState, ZoneState, relations
+from taskweave.envs.predicates import ObjectState, SymbolicState, ZoneState
 from taskweave.sim._geometry import quat_up_z, quat_yaw
 from taskweave.sim.backend import Backend
 
@@ -32,16 +32,14 @@ def extract_state(backend: Backend) -> SymbolicState:
     zones = {z.name: ZoneState(z.name, z.color, tuple(z.center), tuple(z.half_size)) for z in spec.zones}
     held = ""
     if backend.gripper_width() > 0.004:
+        touching = backend.all_contacts()
         for o in spec.objects:
-            if o.fixed:
-                continue
-            left, right = backend.finger_contact(o.name)
-            if left and right and objects[o.name].pos[2] - o.half_height > 0.01:
+            c = touching.get(o.name, ())
+            if (not o.fixed and "panda_leftfinger" in c and "panda_rightfinger" in c
+                    and objects[o.name].pos[2] - o.half_height > 0.01):
                 held = o.name
                 break
-    st = SymbolicState(objects=objects, zones=zones, held=held)
-    st.facts = relations(st)
-    return st
+    return SymbolicState(objects=objects, zones=zones, held=held)
 
 
 def describe_object(o: ObjectState) -> str:

@@ -153,7 +153,7 @@ def block(name: str, color: str, xy, size: float = BLOCK, rng=None, z: float = 0
 
 def bowl(name: str, color: str, xy, half: float = 0.055, height: float = 0.045) -> ObjectSpec:
     """An open container heavy enough to stay put."""
-    return ObjectSpec(name, "container", (half, half, height), color, mass=0.6, pos=(xy[0], xy[1], height / 2),
+    return ObjectSpec(name, "container", (half, half, height), color, mass=1.0, pos=(xy[0], xy[1], height / 2),
                       category="container")
 
 

@@ -128,6 +128,10 @@ class Backend(ABC):
     def contacts(self, name: str) -> set:
         """Names of bodies touching the object: other objects, 'table', 'robot', finger link names."""
 
+    @abstractmethod
+    def all_contacts(self) -> dict:
+        """For every object in contact: the set of names it touches."""
+
     def finger_contact(self, name: str) -> tuple:
         """Whether the left and right fingers touch the object."""
         c = self.contacts(name)

@@ -16,7 +16,10 @@ TCP_Z_MIN = 0.008
 
 
 class EEDeltaController:
-    """Turns actions (dx, dy, dz, dyaw, gripper) in [-1, 1] into TCP targets and steps physics."""
+    """Turns actions (dx, dy, dz, dyaw, gripper) in [-1, 1] into TCP targets and steps physics.
+
+    gripper > 0 closes the fingers (force-limited); gripper <= 0 opens them to 8 cm * -gripper.
+    """
 
     def __init__(self, backend: Backend, control_hz: float = 10.0) -> None:
         if control_hz <= 0:
@@ -56,7 +59,7 @@ class EEDeltaController:
         yaw = float(np.clip(b.ee_target_yaw + a[3] * MAX_DYAW, -YAW_LIMIT, YAW_LIMIT))
         b.set_ee_target(target, yaw)
         self.grip_closed = bool(a[4] > 0.0)
-        b.set_gripper(0.0 if self.grip_closed else GRIPPER_OPEN_WIDTH)
+        b.set_gripper(0.0 if self.grip_closed else GRIPPER_OPEN_WIDTH * float(-a[4]))
 
     def apply(self, action) -> None:
         """Command one action and advance physics by one control tick."""

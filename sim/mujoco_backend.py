@@ -99,7 +99,8 @@ class MujocoBackend(Backend):
             body = wb.add_body(name=o.name, pos=list(o.pos), quat=list(yaw_quat(o.yaw)))
             if not o.fixed:
                 body.add_freejoint(name=f"{o.name}_free")
-            common = dict(rgba=list(o.rgba), friction=[o.friction, 0.005, 0.0001], condim=4)
+            # priority: the object's friction governs its contacts, as in PyBullet (fingers and table are 1.0)
+            common = dict(rgba=list(o.rgba), friction=[o.friction, 0.005, 0.0001], condim=4, priority=1)
             if o.shape == "box":
                 body.add_geom(type=mujoco.mjtGeom.mjGEOM_BOX, size=list(o.size), mass=o.mass, **common)
             elif o.shape == "cylinder":
@@ -162,6 +163,7 @@ class MujocoBackend(Backend):
             else:
                 seg[g] = SEG_ROBOT
         self._geom_seg = seg
+        self._eye6 = np.eye(6)
         self._arm_lo = m.jnt_range[[m.joint(j).id for j in R.ARM_JOINTS], 0]
         self._arm_hi = m.jnt_range[[m.joint(j).id for j in R.ARM_JOINTS], 1]
 
@@ -190,6 +192,11 @@ class MujocoBackend(Backend):
         m, d = self.model, self.data
         for _ in range(n):
             mujoco.mj_step(m, d)
+        # mj_step leaves positions of bodies at the pre-step state; refresh them so that what is sensed
+        # matches qpos (and matches what restore() recomputes).
+        mujoco.mj_kinematics(m, d)
+        mujoco.mj_comPos(m, d)
+        mujoco.mj_collision(m, d)
 
     def close(self) -> None:
         """Free renderers and the model."""
@@ -243,9 +250,13 @@ class MujocoBackend(Backend):
                 break
             mujoco.mj_jacSite(m, s, jacp, jacr, self._tcp)
             J = np.vstack([jacp[:, self._arm_dadr], jacr[:, self._arm_dadr]])
-            JJt = J @ J.T + lam2 * np.eye(6)
-            dq = J.T @ np.linalg.solve(JJt, err)
-            null = (np.eye(7) - np.linalg.pinv(J) @ J) @ (R.HOME_Q - q) * 0.1
+            rhs = np.empty((6, 8))
+            rhs[:, 0] = err
+            rhs[:, 1:] = J
+            sol = np.linalg.solve(J @ J.T + lam2 * self._eye6, rhs)
+            dq = J.T @ sol[:, 0]
+            v = (R.HOME_Q - q) * 0.1
+            null = v - J.T @ (sol[:, 1:] @ v)  # damped nullspace projection toward home
             q = np.clip(q + dq + null, self._arm_lo, self._arm_hi)
         s.qpos[self._arm_qadr] = q
         mujoco.mj_kinematics(m, s)
@@ -284,18 +295,20 @@ class MujocoBackend(Backend):
 
     def contacts(self, name: str) -> set:
         """Names of everything touching the object."""
-        b = self._obj_body[self._check_object(name)]
+        self._check_object(name)
+        return self.all_contacts().get(name, set())
+
+    def all_contacts(self) -> dict:
+        """For every object in contact: the set of names it touches."""
         d, m = self.data, self.model
-        out = set()
+        out: dict = {}
         if d.ncon == 0:
             return out
-        geoms = d.contact.geom[: d.ncon]
-        bodies = m.geom_bodyid[geoms]
-        for b1, b2 in bodies:
-            if b1 == b:
-                out.add(self._body_contact_name[b2])
-            elif b2 == b:
-                out.add(self._body_contact_name[b1])
+        names = self._body_contact_name
+        for b1, b2 in m.geom_bodyid[d.contact.geom[: d.ncon]]:
+            n1, n2 = names[b1], names[b2]
+            out.setdefault(n1, set()).add(n2)
+            out.setdefault(n2, set()).add(n1)
         return out
 
     # ---- rendering ---------------------------------------------------------------------

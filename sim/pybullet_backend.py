@@ -209,18 +209,25 @@ class PybulletBackend(Backend):
         self.client.resetBasePositionAndOrientation(self._obj_ids[i], list(pos), q)
         self.client.resetBaseVelocity(self._obj_ids[i], [0, 0, 0], [0, 0, 0])
 
+    def _name(self, uid: int, link: int) -> str:
+        if uid == self.robot:
+            return self._finger_links.get(link, "robot")
+        if uid == self.table:
+            return "table"
+        return self._uid_name.get(uid, "world")
+
     def contacts(self, name: str) -> set:
         """Names of everything touching the object."""
         uid = self._obj_ids[self._check_object(name)]
-        out = set()
-        for cp in self.client.getContactPoints(bodyA=uid):
-            other, link = cp[2], cp[4]
-            if other == self.robot:
-                out.add(self._finger_links.get(link, "robot"))
-            elif other == self.table:
-                out.add("table")
-            elif other in self._uid_name:
-                out.add(self._uid_name[other])
+        return {self._name(cp[2], cp[4]) for cp in self.client.getContactPoints(bodyA=uid)}
+
+    def all_contacts(self) -> dict:
+        """For every object in contact: the set of names it touches."""
+        out: dict = {}
+        for cp in self.client.getContactPoints():
+            n1, n2 = self._name(cp[1], cp[3]), self._name(cp[2], cp[4])
+            out.setdefault(n1, set()).add(n2)
+            out.setdefault(n2, set()).add(n1)
         return out
 
     # ---- rendering ---------------------------------------------------------------------

@@ -81,7 +81,7 @@ class ScriptedSkill:
         self.max_ticks = max_ticks
         self.ticks = 0
         self.result: Optional[SkillResult] = None
-        self._grip = 1.0 if backend.gripper_target < 0.01 else -1.0
+        self._grip = 1.0 if backend.gripper_target < 0.01 else -1.0  # keep what the hand is doing
         self._gen = getattr(self, "_" + call.name)(backend, *call.args)
 
     def act(self, backend: Backend) -> Optional[np.ndarray]:
@@ -126,8 +126,8 @@ class ScriptedSkill:
             yield self._action(b, pos, yaw, max_step)
         return False
 
-    def _gripper(self, b: Backend, closed: bool, ticks: int):
-        self._grip = 1.0 if closed else -1.0
+    def _gripper(self, b: Backend, closed: bool, ticks: int, width: float = 0.08):
+        self._grip = 1.0 if closed else -min(1.0, width / 0.08)
         for _ in range(ticks):
             yield self._action(b, b.ee_target_pos, b.ee_target_yaw)
 
@@ -259,7 +259,9 @@ class ScriptedSkill:
         yield from self._move(b, [tx, ty, release_z], yaw, tol=0.006, max_step=0.015, ticks=40)
         if not release:
             return None
-        yield from self._gripper(b, False, 5)
+        # open just enough to let go, so the fingers clear container walls and neighbours
+        span = 2 * max(o.footprint) if o.shape != "box" else 2 * min(o.footprint)
+        yield from self._gripper(b, False, 5, width=span + 0.03)
         ee, _ = b.ee_pose()
         yield from self._move(b, [ee[0], ee[1], carry], yaw, tol=0.02, ticks=20, settle=0)
         pos, _ = b.object_pose(name)

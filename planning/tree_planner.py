@@ -1,0 +1,271 @@
+"""Tree-Planner (Hu et al., ICLR 2024): sample many plans at once, merge them into an action tree, and
+ask the LLM only where the tree branches; on failure, correct among siblings or backtrack.
+
+1. Plan sampling: ONE request for N plans (default 50, temperature 0.8, top_p 0.95). Each plan is
+   grounded line by line (near-miss names mapped to scene names); plans still invalid are dropped.
+2. Action tree: a trie keyed by the exact normalised action line; `[END]` closes every plan; identical
+   prefixes merge; every node keeps the indices of the plans through it.
+3. Grounded deciding: from the root, a node with one valid child costs no LLM call; otherwise k votes
+   (default 20, temperature 0.7) over lettered options, shown an observation restricted to the objects
+   the candidate children name, the task and the actions executed so far.
+4. Correction: a failed child is marked invalid, the snapshot taken before it is restored, and the LLM
+   re-decides among the valid siblings with the error in the prompt; with none left, the planner
+   backtracks to the nearest ancestor with valid children and restores that node's snapshot. The history
+   shown to the LLM is always the path from the root to the current node, so undone actions never appear.
+   Correction budget: 10.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional
+
+from taskweave.planning.episode import EpisodeRecord
+from taskweave.planning.grounding import clean_line, ground_plan, is_terminator
+from taskweave.planning.harness import Episode, describe_subset, format_history
+from taskweave.planning.replies import format_options, vote_option
+from taskweave.sim.skill_types import SkillCall, SkillSyntaxError
+
+END = "[END]"
+END_OPTION = "[END] (stop: the task is complete)"
+EXAMPLE = ("Task: put the red block on the blue block\n"
+           "pick(red_block)\nplace(red_block, blue_block)\n[END]")
+
+
+def normalize_action(action) -> str:
+    """The exact key of an action line: the canonical text of its skill call, or '[END]'."""
+    if isinstance(action, SkillCall):
+        return str(action)
+    text = str(action)
+    if is_terminator(text):
+        return END
+    line = clean_line(text)
+    try:
+        return str(SkillCall.parse(line))
+    except (SkillSyntaxError, RecursionError, ValueError):
+        return line
+
+
+@dataclass(eq=False)
+class TreeNode:
+    """One action of the tree: its call, the plans through it, its children and its search state."""
+
+    action: str
+    call: Optional[SkillCall] = None
+    parent: Optional["TreeNode"] = field(default=None, repr=False)
+    depth: int = 0
+    children: dict = field(default_factory=dict, repr=False)
+    plan_ids: list = field(default_factory=list)
+    valid: bool = True
+    error: str = ""
+    snapshot: Any = field(default=None, repr=False)  # the scene after this node's action ran (the root's: before anything ran)
+
+    @property
+    def is_end(self) -> bool:
+        """True for the `[END]` leaf that closes a plan."""
+        return self.action == END
+
+    def valid_children(self) -> list:
+        """Children not yet ruled out, the most popular (most plans through them) first."""
+        kids = [c for c in self.children.values() if c.valid]
+        return sorted(kids, key=lambda c: -len(c.plan_ids))
+
+    def path(self) -> list:
+        """Nodes from the root's first child down to this one."""
+        out, node = [], self
+        while node is not None and node.parent is not None:
+            out.append(node)
+            node = node.parent
+        return out[::-1]
+
+
+class ActionTree:
+    """A prefix tree (trie) of sampled plans keyed by normalised action lines, each plan closed by `[END]`."""
+
+    def __init__(self):
+        """An empty tree: just the root."""
+        self.root = TreeNode("")
+        self.num_plans = 0
+
+    def add_plan(self, actions: Iterable, plan_id: Optional[int] = None) -> TreeNode:
+        """Insert one plan (skill calls or lines; `[END]` appended) and return its `[END]` leaf."""
+        pid = self.num_plans if plan_id is None else plan_id
+        self.num_plans += 1
+        node = self.root
+        node.plan_ids.append(pid)
+        seq = [a for a in actions if normalize_action(a) != END] + [END]
+        for a in seq:
+            key = normalize_action(a)
+            child = node.children.get(key)
+            if child is None:
+                call = a if isinstance(a, SkillCall) else (None if key == END else _parse(key))
+                child = TreeNode(key, call, node, node.depth + 1)
+                node.children[key] = child
+            child.plan_ids.append(pid)
+            node = child
+        return node
+
+    @classmethod
+    def from_plans(cls, plans: Iterable) -> "ActionTree":
+        """A tree built from a list of plans."""
+        tree = cls()
+        for p in plans:
+            tree.add_plan(p)
+        return tree
+
+    def nodes(self) -> list:
+        """Every node but the root, depth first."""
+        out, stack = [], list(reversed(list(self.root.children.values())))
+        while stack:
+            n = stack.pop()
+            out.append(n)
+            stack.extend(reversed(list(n.children.values())))
+        return out
+
+    def branch_points(self) -> int:
+        """Nodes (root included) with more than one child."""
+        return sum(len(n.children) > 1 for n in [self.root] + self.nodes())
+
+    def to_text(self) -> str:
+        """An indented listing of the tree with plan counts, for debugging and traces."""
+        return "\n".join(f"{'  ' * (n.depth - 1)}{n.action}  x{len(n.plan_ids)}{'' if n.valid else '  (invalid)'}"
+                         for n in self.nodes())
+
+
+def _parse(key: str) -> Optional[SkillCall]:
+    try:
+        return SkillCall.parse(key)
+    except (SkillSyntaxError, RecursionError, ValueError):
+        return None
+
+
+class TreePlanner:
+    """Tree-Planner: one sampling call, an action tree, LLM votes only at branch points, backtracking."""
+
+    name = "tree"
+
+    def __init__(self, n_samples: int = 50, temperature: float = 0.8, top_p: float = 0.95, n_votes: int = 20,
+                 vote_temperature: float = 0.7, max_corrections: int = 10, max_steps: int = 40,
+                 max_tokens: int = 400, example: str = EXAMPLE):
+        """Configure sampling (N plans), deciding (k votes) and the correction and step budgets."""
+        self.n_samples, self.temperature, self.top_p = int(n_samples), float(temperature), float(top_p)
+        self.n_votes, self.vote_temperature = int(n_votes), float(vote_temperature)
+        self.max_corrections, self.max_steps, self.max_tokens = int(max_corrections), int(max_steps), int(max_tokens)
+        self.example = example
+        self.last_tree: Optional[ActionTree] = None
+
+    def config(self) -> dict:
+        """The planner's settings as a dict."""
+        return {"n_samples": self.n_samples, "temperature": self.temperature, "top_p": self.top_p,
+                "n_votes": self.n_votes, "vote_temperature": self.vote_temperature}
+
+    def sample_tree(self, ep: Episode) -> Optional[ActionTree]:
+        """Sample N plans in one request, drop the invalid ones and build the action tree."""
+        texts = ep.ask("tree_sample", tag="tree_sample", n=self.n_samples, temperature=self.temperature,
+                       top_p=self.top_p, max_tokens=self.max_tokens, state=ep.executor.observe(),
+                       example=self.example, **ep.skill_fields())
+        if texts is None:
+            return None
+        tree, dropped = ActionTree(), 0
+        for i, text in enumerate(texts):
+            g = ground_plan(text, ep.objects, ep.zones, ep.stats)
+            if not g.ok:
+                dropped += 1
+                continue
+            tree.add_plan([c.call for c in g.calls], plan_id=i)
+        if dropped == len(texts):
+            ep.count_malformed("tree_sample", "no sampled plan was valid", k=0)
+        ep.plans_dropped = dropped
+        return tree
+
+    def run(self, executor, llm, *, task: str = "", seed: Optional[int] = None, backend: str = "",
+            trace=None) -> EpisodeRecord:
+        """Plan and act one episode; returns its EpisodeRecord."""
+        ep = Episode(self.name, executor, llm, task=task, seed=seed, backend=backend, trace=trace,
+                     max_steps=self.max_steps, max_corrections=self.max_corrections, config=self.config())
+        ep.plans_dropped, ep.decide_calls = 0, 0
+        tree = self.last_tree = self.sample_tree(ep)
+        if tree is None:
+            return ep.finish(**self._extra(ep, None))
+        if tree.num_plans == 0:
+            ep.stop(f"none of the {self.n_samples} sampled plans was valid")
+            return ep.finish(**self._extra(ep, tree))
+        self._walk(ep, tree)
+        return ep.finish(**self._extra(ep, tree))
+
+    def _walk(self, ep: Episode, tree: ActionTree) -> None:
+        node = tree.root
+        node.snapshot = ep.executor.snapshot()
+        error, correction = "", False
+        while not ep.stopped:
+            cands = node.valid_children()
+            if not cands:
+                if node.parent is None:
+                    ep.stop("every branch of the action tree failed")
+                    return
+                node.valid = False
+                node.error = node.error or "no valid continuation"
+                parent = node.parent
+                ep.restore(parent.snapshot, f"backtracked from {node.action} to "
+                                            f"{parent.action or 'the start'}")
+                error = f"Every continuation after {node.action} failed, so it was undone."
+                node, correction = parent, True
+                continue
+            if len(cands) == 1:
+                child, source = cands[0], "tree"
+            else:
+                child = self._decide(ep, node, cands, error)
+                source = "decide"
+                if child is None:
+                    return
+            if child.is_end:
+                ep.note("reached [END]: the plan is complete")
+                return
+            if not ep.budget_left():
+                return
+            result = ep.execute(child.call, source=source, correction=correction)
+            if ep.stopped:
+                return
+            if result.success:
+                child.snapshot = ep.executor.snapshot()
+                node, error, correction = child, "", False
+                continue
+            child.valid = False
+            child.error = f"{child.action} failed ({result.failure}): {result.message}"
+            if not ep.use_correction():
+                return
+            ep.restore(node.snapshot, f"undid the failed {child.action}")
+            error, correction = child.error, True
+
+    def _decide(self, ep: Episode, node: TreeNode, cands: list, error: str) -> Optional[TreeNode]:
+        """Majority of k votes over the lettered candidates; the most popular candidate if no vote is readable."""
+        names = [a for c in cands if c.call is not None for a in c.call.objects()]
+        try:
+            observation = describe_subset(ep.executor.symbolic(), names)
+        except Exception:   # an executor without a symbolic state: the full observation
+            observation = ep.executor.observe()
+        options = format_options([END_OPTION if c.is_end else c.action for c in cands])
+        history = format_history([n.action for n in node.path()])
+        ep.decide_calls += 1
+        texts = ep.ask("tree_decide", tag="tree_decide", n=self.n_votes, temperature=self.vote_temperature,
+                       max_tokens=8, task=ep.executor.instruction, observation=observation, history=history,
+                       options=options, error=f"The last attempt failed: {error}" if error else "")
+        if texts is None:
+            return None
+        idx, votes, bad = vote_option(texts, len(cands))
+        if bad:
+            ep.count_malformed("tree_decide", f"{bad} of {len(texts)} votes named no option", k=bad)
+        if idx is None:
+            ep.note("no readable vote; taking the most popular branch")
+            idx = 0
+        ep.emit("decide", options=[c.action for c in cands], votes={int(k): int(v) for k, v in votes.items()},
+                chosen=cands[idx].action)
+        return cands[idx]
+
+    def _extra(self, ep: Episode, tree: Optional[ActionTree]) -> dict:
+        return {"plans_sampled": self.n_samples, "plans_valid": tree.num_plans if tree else 0,
+                "plans_dropped": int(getattr(ep, "plans_dropped", 0)),
+                "tree_nodes": len(tree.nodes()) if tree else 0, "tree_branch_points": tree.branch_points() if tree else 0,
+                "decide_calls": int(getattr(ep, "decide_calls", 0))}
+
+
+__all__ = ["TreePlanner", "ActionTree", "TreeNode", "normalize_action", "END"]

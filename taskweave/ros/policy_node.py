@@ -1,0 +1,181 @@
+"""`taskweave-policy-node`: the skill-conditioned policy as a ROS 2 node.
+
+It reads observations from `/taskweave/symbolic_state` (JSON, see `state_json`: robot features,
+commanded TCP target, skill features) and the skill to run from `/taskweave/current_skill`, and
+publishes absolute TCP targets (`/taskweave/ee_command`, PoseStamped, gripper pointing down) and a
+finger width (`/taskweave/gripper_command`, Float64) at `control_rate`.
+
+The policy is a plain function `policy_fn(obs: dict, skill: str) -> action (5,)` in [-1, 1]:
+(dx, dy, dz, dyaw, gripper), the end-effector delta of `sim.control.EEDeltaController`. A delta
+becomes an absolute target against the commanded target in the observation, so the sim turns it
+back into exactly the same delta. One new observation gives at most one action; between new
+observations the last target is repeated (it is absolute, so repeating it is harmless), and no
+command goes out without a skill or with an observation older than `obs_timeout` (the arm's
+watchdog then holds it).
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Callable, Optional
+
+import numpy as np
+from geometry_msgs.msg import PoseStamped
+from rclpy.node import Node
+from std_msgs.msg import Float64
+
+from taskweave.ros.common import (declare_params, make_pub, make_sub, run_single_node, top_down_quat_xyzw)
+from taskweave.ros.params import POLICY_PARAMETERS
+from taskweave.ros.state_json import decode_state, parse_skill, policy_state, symbolic_from_dict
+from taskweave.sim.control import GRIPPER_OPEN_WIDTH, MAX_DPOS, MAX_DYAW, TCP_Z_MIN, YAW_LIMIT
+from taskweave.sim.spec import WORKSPACE_HIGH, WORKSPACE_LOW
+
+PolicyFn = Callable[[dict, str], np.ndarray]
+
+
+def delta_to_target(ref_pos, ref_yaw: float, action) -> tuple:
+    """Absolute TCP target (pos, yaw) and finger width for a delta action applied to a reference target."""
+    a = np.clip(np.asarray(action, dtype=float).reshape(-1), -1.0, 1.0)
+    lo = WORKSPACE_LOW.copy()
+    lo[2] = TCP_Z_MIN
+    pos = np.clip(np.asarray(ref_pos, dtype=float) + a[:3] * MAX_DPOS, lo, WORKSPACE_HIGH)
+    yaw = float(np.clip(ref_yaw + a[3] * MAX_DYAW, -YAW_LIMIT, YAW_LIMIT))
+    width = 0.0 if a[4] > 0.0 else GRIPPER_OPEN_WIDTH * float(-a[4])
+    return pos, yaw, width
+
+
+def reference_target(obs: dict) -> tuple:
+    """The commanded TCP target (pos, yaw) of an observation; the measured TCP when none is given."""
+    if obs.get("ee_target") is not None:
+        t = [float(v) for v in obs["ee_target"]]
+        return np.array(t[:3]), t[3]
+    r = obs["robot"]
+    return np.array(r[:3], dtype=float), float(np.arctan2(r[3], r[4]))
+
+
+def observation_features(obs: dict, skill: str) -> Optional[np.ndarray]:
+    """Skill features for skill: the observation's when computed for it, else from its symbolic state."""
+    if obs.get("skill") == skill and obs.get("skill_features") is not None:
+        return np.asarray(obs["skill_features"], dtype=np.float32)
+    call = parse_skill(skill)
+    if call is None or "objects" not in obs:
+        return None
+    from taskweave.envs.observation import skill_features
+    return skill_features(call, None, symbolic_from_dict(obs))
+
+
+def checkpoint_policy_fn(path: str, device: str = "auto", task: str = "", use_ema: bool = True,
+                         num_inference_steps: int = 0) -> PolicyFn:
+    """A policy_fn running a diffusion-policy checkpoint through `policies.runner.PolicyRunner`."""
+    from taskweave.policies.runner import PolicyRunner
+    runner = PolicyRunner.from_checkpoint(path, num_envs=1, device=device, use_ema=use_ema,
+                                          num_inference_steps=num_inference_steps or None)
+
+    def policy_fn(obs: dict, skill: str) -> np.ndarray:
+        feats = observation_features(obs, skill)
+        state = policy_state(obs, feats)[None]
+        name = task or obs.get("task") or ""
+        task_id = name if name in runner.tasks else 0
+        return runner.act({"state": state}, [skill], [task_id])[0]
+
+    policy_fn.reset = runner.reset
+    policy_fn.runner = runner
+    return policy_fn
+
+
+class PolicyNode(Node):
+    """Turns (observation, current skill) into TCP targets and gripper commands at the control rate."""
+
+    def __init__(self, context=None, parameter_overrides=None, cli_args=None, policy_fn: Optional[PolicyFn] = None):
+        """policy_fn: used instead of loading the `checkpoint` parameter."""
+        super().__init__("taskweave_policy", context=context, parameter_overrides=parameter_overrides or [],
+                         cli_args=cli_args)
+        p = self.params = declare_params(self, POLICY_PARAMETERS)
+        if policy_fn is None and p["checkpoint"]:
+            policy_fn = checkpoint_policy_fn(p["checkpoint"], p["device"], p["task"], p["use_ema"],
+                                             p["num_inference_steps"])
+            self.get_logger().info(f"policy: loaded {p['checkpoint']}")
+        elif policy_fn is None:
+            self.get_logger().warning("policy: no checkpoint given; this node will not command the arm")
+        self.policy_fn = policy_fn
+        self.lock = threading.Lock()
+        self.obs, self.obs_time, self.obs_seq, self.used_seq = None, 0.0, None, None
+        self.skill = ""
+        self.command = None           # (pos, yaw, width) last computed
+        self.last_compute = 0.0
+        self.actions = 0
+        self.pub_pose = make_pub(self, "/taskweave/ee_command")
+        self.pub_grip = make_pub(self, "/taskweave/gripper_command")
+        make_sub(self, "/taskweave/symbolic_state", self._on_obs)
+        make_sub(self, "/taskweave/current_skill", self._on_skill)
+        self.timer = self.create_timer(1.0 / p["control_rate"], self._on_timer)
+
+    def _on_skill(self, msg) -> None:
+        with self.lock:
+            text = msg.data.strip()
+            if text != self.skill:
+                self.skill, self.command, self.used_seq = text, None, None
+                reset = getattr(self.policy_fn, "reset", None)
+                if callable(reset):
+                    reset()
+                if text:
+                    self.get_logger().info(f"skill: {text}")
+
+    def _on_obs(self, msg) -> None:
+        d = decode_state(msg.data)
+        if d is None:
+            return
+        with self.lock:
+            self.obs, self.obs_time, self.obs_seq = d, time.monotonic(), d.get("seq")
+            self._step(timer=False)
+
+    def _on_timer(self) -> None:
+        with self.lock:
+            self._step(timer=True)
+
+    def _step(self, timer: bool) -> None:
+        """Act on a new observation at most once per control period; the timer repeats the last target."""
+        now = time.monotonic()
+        if self.policy_fn is None or not self.skill or self.obs is None:
+            return
+        if now - self.obs_time > self.params["obs_timeout"]:
+            return
+        if (self.obs.get("watchdog") or {}).get("state") == "skill":
+            return   # the sim is running a scripted skill; do not fight it
+        new = self.obs_seq is None or self.obs_seq != self.used_seq
+        if new and now - self.last_compute >= 0.9 / self.params["control_rate"]:
+            a = np.asarray(self.policy_fn(self.obs, self.skill), dtype=float).reshape(-1)
+            ref_pos, ref_yaw = reference_target(self.obs)
+            self.command = delta_to_target(ref_pos, ref_yaw, a)
+            self.used_seq, self.last_compute = self.obs_seq, now
+            self.actions += 1
+            self._publish()
+        elif timer and self.command is not None:
+            self._publish()
+
+    def _publish(self) -> None:
+        pos, yaw, width = self.command
+        m = PoseStamped()
+        m.header.stamp = self.get_clock().now().to_msg()
+        m.header.frame_id = self.params["frame_id"]
+        m.pose.position.x, m.pose.position.y, m.pose.position.z = (float(v) for v in pos)
+        q = top_down_quat_xyzw(yaw)
+        m.pose.orientation.x, m.pose.orientation.y, m.pose.orientation.z, m.pose.orientation.w = q
+        self.pub_pose.publish(m)
+        g = Float64()
+        g.data = float(width)
+        self.pub_grip.publish(g)
+
+    def close(self) -> None:
+        """Stop commanding."""
+        self.timer.cancel()
+
+
+def main(args=None) -> int:
+    """Console entry `taskweave-policy-node`: run the checkpoint's policy until Ctrl-C."""
+    return run_single_node(lambda: PolicyNode(), args=args if args is not None else sys.argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""Planners on the MuJoCo backend: action tree, branch-point deciding, backtracking, CLEA under perturbation,
+iterative correction, malformed replies, offline LLM determinism and record round trips."""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+
+import numpy as np
+import pytest
+
+from taskweave.envs import P, make_env
+from taskweave.planning import make_planner
+from taskweave.planning.clea import CleaAgent
+from taskweave.planning.episode import EpisodeRecord
+from taskweave.planning.executors import CallbackSkillExecutor, EnvSkillExecutor
+from taskweave.planning.iterative import IterativePlanner
+from taskweave.planning.llm import LLMClient, LLMError, LLMResponse, make_llm
+from taskweave.planning.offline_llm import MODEL_NAME, ErrorRates, OfflineLLM
+from taskweave.planning.openloop import OpenLoopPlanner
+from taskweave.planning.runner import add_plan_arguments, plan_main, resolve_perturbations, run_episode
+from taskweave.planning.tree_planner import END, ActionTree, TreePlanner
+from taskweave.sim.skill_types import SkillCall, SkillResult
+
+
+class ScriptedLLM(LLMClient):
+    """A fake client: per tag, a fixed text, a list of texts, or a function of (messages, n)."""
+
+    def __init__(self, replies: dict, default="lorem ipsum dolor"):
+        super().__init__("scripted-test")
+        self.replies, self.default, self.requests = replies, default, []
+
+    def _complete(self, messages, n, temperature, top_p, max_tokens, stop, tag):
+        self.requests.append((tag, messages))
+        r = self.replies.get(tag, self.default)
+        texts = r(messages, n) if callable(r) else ([r] * n if isinstance(r, str) else list(r))
+        return LLMResponse(texts=texts, prompt_tokens=10, completion_tokens=len(texts), model=self.model)
+
+
+class FailingLLM(LLMClient):
+    """A client whose every request fails."""
+
+    def _complete(self, *a, **kw):
+        raise LLMError("server unreachable")
+
+
+@pytest.fixture
+def stack_env():
+    env = make_env("StackOnBlock", "mujoco", control="skill")
+    env.reset(seed=0)
+    yield env
+    env.close()
+
+
+def scene(env):
+    """(block to move, base block, distractor) of a StackOnBlock episode."""
+    a, b = env.task.goals[0].args
+    d = next(n for n in env.object_names if n not in (a, b))
+    return a, b, d
+
+
+def user_text(messages) -> str:
+    return messages[-1]["content"]
+
+
+# ---------------------------------------------------------------- the action tree
+
+def test_action_tree_merges_identical_prefixes():
+    plans = [["pick(red_block)", "place(red_block, blue_block)"],
+             ["1. pick( red_block )", "place(red_block, blue_block)", "[END]"],
+             ["pick(red_block)", "place(red_block, green_bowl)"],
+             [SkillCall("pick", ("blue_block",))]]
+    tree = ActionTree.from_plans(plans)
+    root = tree.root
+    assert list(root.children) == ["pick(red_block)", "pick(blue_block)"]
+    pick = root.children["pick(red_block)"]
+    assert pick.plan_ids == [0, 1, 2] and root.plan_ids == [0, 1, 2, 3]
+    assert set(pick.children) == {"place(red_block, blue_block)", "place(red_block, green_bowl)"}
+    leaf = pick.children["place(red_block, blue_block)"].children[END]
+    assert leaf.is_end and leaf.plan_ids == [0, 1] and not leaf.children
+    assert root.children["pick(blue_block)"].children[END].plan_ids == [3]
+    assert tree.branch_points() == 2 and len(tree.nodes()) == 7
+    assert [c.action for c in root.valid_children()] == ["pick(red_block)", "pick(blue_block)"]
+    assert [n.action for n in leaf.path()] == ["pick(red_block)", "place(red_block, blue_block)", END]
+
+
+# ---------------------------------------------------------------- LLM calls only at branch points
+
+def test_tree_asks_only_where_the_tree_branches(stack_env):
+    a, b, d = scene(stack_env)
+    plans = [f"pick({a})\nplace({a}, {b})\n[END]"] * 2 + [f"pick({a})\nplace({a}, {d})\n[END]"]
+    llm = ScriptedLLM({"tree_sample": plans, "tree_decide": "A"})
+    events = []
+    rec = TreePlanner(n_samples=3, n_votes=5).run(EnvSkillExecutor(stack_env), llm, trace=events.append)
+    assert rec.success and rec.llm_calls == 2          # one sampling call + one decision at the only branch
+    assert llm.meter.by_tag["tree_decide"]["calls"] == 1 == rec.extra["decide_calls"]
+    decided = [e for e in events if e["event"] == "decide"]
+    assert len(decided) == 1 and len(decided[0]["options"]) == 2
+    assert [s.source for s in rec.steps] == ["tree", "decide"]
+
+    stack_env.reset(seed=0)   # a tree with no branch at all costs only the sampling call
+    llm2 = ScriptedLLM({"tree_sample": [f"pick({a})\nplace({a}, {b})\n[END]"] * 4})
+    rec2 = TreePlanner(n_samples=4).run(EnvSkillExecutor(stack_env), llm2)
+    assert rec2.success and rec2.llm_calls == 1 and rec2.extra["decide_calls"] == 0
+
+
+# ---------------------------------------------------------------- backtracking
+
+class RecordingExecutor(EnvSkillExecutor):
+    """Remembers the exact object poses and relations at every snapshot and checks them on restore."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.taken, self.checked = {}, []
+
+    def _state(self):
+        st = self.env.symbolic_state()
+        return self.env.backend.object_poses().copy(), sorted(map(str, st.facts)), st.held
+
+    def snapshot(self):
+        snap = super().snapshot()
+        self.taken[id(snap)] = self._state()
+        return snap
+
+    def restore(self, snap):
+        super().restore(snap)
+        poses, facts, held = self.taken[id(snap)]
+        now = self._state()
+        self.checked.append(bool(np.array_equal(poses, now[0]) and facts == now[1] and held == now[2]))
+
+
+def test_backtracking_restores_the_exact_scene_and_hides_undone_actions(stack_env):
+    a, b, d = scene(stack_env)
+    start = stack_env.backend.object_poses().copy()
+    plans = ([f"pick({d})\nplace({a}, {b})\n[END]"] * 3 + [f"pick({a})\nplace({a}, {b})\n[END]"] * 2
+             + [f"pick({b})\nplace({b}, {a})\n[END]"])
+    llm = ScriptedLLM({"tree_sample": plans, "tree_decide": "A"})
+    ex = RecordingExecutor(stack_env)
+    rec = TreePlanner(n_samples=6, n_votes=3).run(ex, llm)
+    calls = [s.call for s in rec.steps]
+    assert calls == [f"pick({d})", f"place({a}, {b})", f"pick({a})", f"place({a}, {b})"]
+    assert rec.success and rec.failures == 1 and rec.corrections == 1
+    assert len(ex.checked) == 2 and all(ex.checked)          # undo the failed place, then back to the root
+    decides = [m for tag, m in llm.requests if tag == "tree_decide"]
+    assert len(decides) == 2                                   # the root is decided again after backtracking
+    history = re.search(r"Skills executed so far:\n(.*?)\n\n", user_text(decides[1]), re.S).group(1)
+    assert history.strip() == "none yet"                       # the undone pick is not in the history
+    assert "undone" in user_text(decides[1]) and f"pick({d})" not in user_text(decides[1]).split("Which skill")[1]
+    stack_env.reset(seed=0)
+    assert np.array_equal(stack_env.backend.object_poses(), start)
+
+
+def test_tree_planner_offline_end_to_end():
+    rec = run_episode("StackTower", TreePlanner(n_samples=20, n_votes=7), seed=1)
+    assert rec.success and rec.goal_condition_recall == 1.0 and rec.llm == MODEL_NAME
+    assert rec.llm_calls == 1 + rec.extra["decide_calls"]
+    assert rec.extra["plans_valid"] + rec.extra["plans_dropped"] == 20
+
+
+# ---------------------------------------------------------------- CLEA under perturbation
+
+def test_clea_notices_a_perturbation_and_recovers_where_open_loop_fails():
+    kw = dict(seed=0, perturb="move:$goal0@2", llm_spec="offline:none")
+    openloop = run_episode("SortByColour", "openloop", **kw)
+    assert not openloop.success and openloop.goal_condition_recall == 0.75
+    assert openloop.extra["events"] and openloop.failures == 0   # nothing failed, yet the scene was disturbed
+    events = []
+    clea = run_episode("SortByColour", CleaAgent(), trace=events.append, **kw)
+    assert clea.success and clea.goal_condition_recall == 1.0
+    assert clea.extra["perturbations_noticed"] >= 1 and clea.corrections >= 1
+    assert any(e["event"] == "note" and "perturbation noticed" in e["text"] for e in events)
+
+
+def test_clea_memory_is_incremental_and_critic_votes_gate_actions(stack_env):
+    llm = OfflineLLM(seed=3, errors=ErrorRates.none())
+    seen = []
+    orig = llm._complete
+
+    def spy(messages, n, temperature, top_p, max_tokens, stop, tag):
+        seen.append((tag, n, user_text(messages)))
+        return orig(messages, n, temperature, top_p, max_tokens, stop, tag)
+    llm._complete = spy
+    rec = CleaAgent(critic_votes=5).run(EnvSkillExecutor(stack_env), llm)
+    assert rec.success
+    memory = [t for tag, _, t in seen if tag == "clea_memory"]
+    assert len(memory) == len(rec.steps) == 2
+    assert all(t.count("Action:") == 1 for t in memory)                   # only the latest record
+    assert "Done:" in memory[1].split("Belief so far:")[1].split("New records")[0]   # built on the last belief
+    assert [n for tag, n, _ in seen if tag == "clea_critic"] == [5, 5]
+
+    stack_env.reset(seed=0)   # a critic that always says NO stops every action
+    no = ScriptedLLM({"clea_critic": "NO\nFeedback: not now.", "clea_observer": "a table",
+                      "clea_planner": lambda m, n: ['```json\n{"subgoal": "s", "actions": ["pick(%s)"]}\n```'
+                                                    % scene(stack_env)[0]] * n})
+    rec2 = CleaAgent(max_rounds=4).run(EnvSkillExecutor(stack_env), no)
+    assert not rec2.steps and rec2.extra["critic_rejections"] == 4 and "round budget" in rec2.error
+
+
+# ---------------------------------------------------------------- iterative correction
+
+def test_iterative_corrects_after_an_injected_failure():
+    rec = run_episode("StackOnBlock", "iterative", seed=0, perturb="grasp_fail:1.0@0", llm_spec="offline:none")
+    assert not rec.steps[0].success and rec.steps[0].failure in ("grasp_slipped", "grasp_failed")
+    assert rec.steps[1].correction and rec.corrections == 1 and rec.failures == 1
+    assert rec.success and rec.goal_condition_recall == 1.0 and rec.executability == pytest.approx(2 / 3)
+    assert any("grasp" in e for e in rec.extra["events"])
+
+
+# ---------------------------------------------------------------- malformed replies
+
+@pytest.mark.parametrize("name", ["tree", "clea", "iterative", "openloop"])
+def test_malformed_replies_are_counted_and_end_the_episode_cleanly(stack_env, name):
+    rec = make_planner(name).run(EnvSkillExecutor(stack_env), ScriptedLLM({}))
+    assert not rec.success and rec.error
+    assert rec.extra["malformed_replies"] > 0 or rec.extra["plans_valid"] == 0
+    assert rec.llm_calls >= 1 and rec.executability == 0.0
+    stack_env.reset(seed=0)
+    rec2 = make_planner(name).run(EnvSkillExecutor(stack_env), FailingLLM())
+    assert not rec2.success and "LLM error" in rec2.error and rec2.llm_calls == 0
+
+
+def test_offline_llm_junk_rate_is_survived():
+    rec = run_episode("StackOnBlock", "iterative", seed=2, llm_kwargs={"errors": ErrorRates(malformed=0.5)})
+    assert rec.extra["malformed_replies"] >= 1 and (rec.success or rec.error)
+
+
+# ---------------------------------------------------------------- the offline LLM and records
+
+def test_offline_llm_is_reproducible_and_samples_diverse_plans(stack_env):
+    llm = make_llm("offline", seed=7)
+    assert isinstance(llm, OfflineLLM) and llm.model == MODEL_NAME
+    assert "not a language model" in OfflineLLM.__doc__.lower()
+    with pytest.raises(LLMError):
+        llm.complete([{"role": "user", "content": "plan"}], tag="tree_sample")
+    llm.bind(EnvSkillExecutor(stack_env))
+    msgs = [{"role": "user", "content": "plan it"}]
+    r1 = llm.complete(msgs, n=50, temperature=0.8, tag="tree_sample")
+    r2 = llm.complete(msgs, n=50, temperature=0.8, tag="tree_sample")
+    assert r1.texts != r2.texts and len(set(r1.texts)) > 1 and r1.usage_estimated
+    again = make_llm("offline", seed=7).bind(EnvSkillExecutor(stack_env))
+    assert again.complete(msgs, n=50, temperature=0.8, tag="tree_sample").texts == r1.texts
+    assert r1.prompt_tokens > 0 and r1.completion_tokens >= 50
+    clean = make_llm("offline:none").bind(EnvSkillExecutor(stack_env))
+    a, b, _ = scene(stack_env)
+    assert clean.complete(msgs, tag="tree_sample").text == f"pick({a})\nplace({a}, {b})\n[END]"
+
+
+def test_record_round_trips_through_json():
+    rec = run_episode("BlockInBowl", "tree", seed=2, planner_kwargs={"n_samples": 10, "n_votes": 5})
+    back = EpisodeRecord.from_dict(json.loads(rec.to_json()))
+    assert back == rec and back.to_json() == rec.to_json()
+    assert json.loads(rec.to_json())["total_tokens"] == rec.prompt_tokens + rec.completion_tokens > 0
+
+
+# ---------------------------------------------------------------- executors and the command
+
+def test_callback_executor_and_plan_command(capsys):
+    ran = []
+
+    def run_skill(env, call):
+        ran.append(str(call))
+        return env.execute_skill(call)
+
+    rec = run_episode("StackOnBlock", "openloop", seed=0, llm_spec="offline:none",
+                      executor_factory=lambda env: CallbackSkillExecutor(env, run_skill, name="fake-policy"))
+    assert rec.success and rec.extra["executor"] == "fake-policy" and len(ran) == 2
+    p = argparse.ArgumentParser()
+    add_plan_arguments(p)
+    assert plan_main(p.parse_args(["--task", "StackOnBlock", "--executor", "policy:x.pt"])) == 2
+    assert "executor_factory" in capsys.readouterr().err
+    assert plan_main(p.parse_args(["--task", "StackOnBlock", "--planner", "openloop", "--json"])) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["planner"] == "openloop" and out["task"] == "StackOnBlock"
+    assert resolve_perturbations("move:$goal0@1,knock@2", [P("on", "a", "b")]) == "move:a@1,knock@2"
