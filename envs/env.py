@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from taskweave.envs.observation import MAX_OBJECTS, ROBOT_DIM, robot_features, skill_features
+from taskweave.envs.observation import MAX_OBJECTS, ROBOT_DIM, robot_features, skill_features, skill_text
 from taskweave.envs.perturb import Perturbation, apply_perturbation, parse_perturbations
 from taskweave.envs.registry import get_task
 from taskweave.envs.skill_check import skill_succeeded
@@ -264,6 +264,15 @@ class TaskEnv(gym.Env):
         """Fixed-size features of a skill call's object and target (policy conditioning)."""
         call = call if isinstance(call, SkillCall) else SkillCall.parse(str(call))
         return skill_features(call, self.backend, self.symbolic_state())
+
+    def skill_text(self, call) -> str:
+        """The policy's language for a skill call (name and argument kinds)."""
+        call = call if isinstance(call, SkillCall) else SkillCall.parse(str(call))
+        return skill_text(call, self.symbolic_state())
+
+    def policy_state(self, call) -> np.ndarray:
+        """The policy's state vector for a skill: robot features then skill features."""
+        return np.concatenate([self._state_obs()["robot"], self.skill_features(call)]).astype(np.float32)
 
     def skill_succeeded(self, call, before=None) -> bool:
         """Whether the skill's postcondition holds now (before: the state when it started)."""

@@ -282,7 +282,8 @@ def main(argv=None) -> int:
         payload = kind.run(load_task_class(source), job, ctx)
         code = EXIT_OK if payload.get("ok") else EXIT_TASK_ERROR
     except MemoryError as exc:
-        payload, code = {"ok": False, "stage": "task", "error": {"type": "MemoryError", "message": str(exc)}}, EXIT_MEMORY
+        payload = {"ok": False, "stage": "task", "error": {"type": "MemoryError", "message": str(exc)}}
+        code = EXIT_MEMORY
     except BaseException as exc:
         payload, code = {"ok": False, "stage": "task", "error": error_info(exc)}, EXIT_TASK_ERROR
     events = blocked()

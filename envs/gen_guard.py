@@ -198,7 +198,8 @@ def install_guard(scratch: str, read_roots=(), task_files=(), task_imports=(), a
         if event == "open":
             path, mode, flags = args[0], args[1], args[2]
             writing = _type(flags) is not _int or (flags & o_write) != 0
-            if mode is None and _type(path) is not _int and not (_type(path) in (_str, _bytes) and path[:1] in ("/", b"/")):
+            absolute = _type(path) in (_str, _bytes) and path[:1] in ("/", b"/")
+            if mode is None and _type(path) is not _int and not absolute:
                 deny(event, "(os.open needs an absolute path)")   # dir_fd is not visible to the hook
             return check_path(event, path, writing)
         if event in read_events:

@@ -204,10 +204,11 @@ def _collect(proc: subprocess.Popen, result_r: int, deadline: float, output_limi
             "result": bytes(bufs[result_r]), "timed_out": timed_out, "overflow": overflow}
 
 
-def _killed_by(rc: int, timed_out: bool, stderr: str) -> Optional[str]:
+def _killed_by(rc: int, timed_out: bool, stderr: str, answered: bool) -> Optional[str]:
     if timed_out or rc in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
         return "timeout"
-    if rc == EXIT_MEMORY or (rc < 0 and any(m in stderr for m in MEMORY_MARKERS)):
+    died = rc < 0 or (rc != 0 and not answered)       # a signal, or a crash before any answer
+    if rc == EXIT_MEMORY or (died and any(m in stderr[-2000:] for m in MEMORY_MARKERS)):
         return "memory"
     if rc < 0:
         return "signal"
@@ -234,7 +235,7 @@ def run_sandboxed(module_path_or_source: Union[str, os.PathLike], job: dict, tim
     isolation = {"network": " ".join(net[:-1] if net[-1:] == ("--",) else net) or None,
                  "uid": drop.get("uid", os.geteuid()), "caps": drop.get("caps"), "scratch": scratch}
     result_r, result_w = os.pipe()
-    start = time.monotonic()
+    start, proc = time.monotonic(), None
     try:
         for name, text in ((JOB_FILE, job_text), (SOURCE_FILE, source)):
             with open(os.open(os.path.join(scratch, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w",
@@ -262,13 +263,19 @@ def run_sandboxed(module_path_or_source: Union[str, os.PathLike], job: dict, tim
         result_w = -1
         got = _collect(proc, result_r, start + timeout_s, output_limit, result_limit)
     finally:
+        if proc is not None:
+            if proc.returncode is None:          # interrupted while collecting: leave nothing running
+                _kill_group(proc.pid)
+                proc.wait()
+            proc.stdout.close()
+            proc.stderr.close()
         for fd in (result_r, result_w):
             if fd >= 0:
                 os.close(fd)
         if not keep_scratch:
             shutil.rmtree(scratch, ignore_errors=True)
     rc = proc.returncode
-    killed_by = _killed_by(rc, got["timed_out"], got["stderr"])
+    killed_by = _killed_by(rc, got["timed_out"], got["stderr"], bool(got["result"]))
     result, error = None, None
     if got["overflow"]:
         error = "result larger than result_limit"

@@ -45,6 +45,7 @@ FORBIDDEN_ATTRS = frozenset({
 }) | FORBIDDEN_MODULE_NAMES | (frozenset(sys.stdlib_module_names) - HARMLESS_MODULE_NAMES)
 ALLOWED_DUNDER_DEFS = frozenset({"__init__", "__post_init__", "__repr__", "__str__"})
 MAX_SOURCE_CHARS = 200_000
+_ALLOWED_TEXT = ", ".join(sorted(ALLOWED_MODULES))
 _DUNDER_IN_TEXT = re.compile(r"__\w+__")
 
 
@@ -112,8 +113,7 @@ class _Checker(ast.NodeVisitor):
     def visit_Import(self, node: ast.Import) -> None:
         for alias in node.names:
             if alias.name not in ALLOWED_MODULES:
-                self.flag(node, f"import of {alias.name!r} is not allowed (allowed: {', '.join(sorted(ALLOWED_MODULES))})",
-                          "import")
+                self.flag(node, f"import of {alias.name!r} is not allowed (allowed: {_ALLOWED_TEXT})", "import")
             bound = alias.asname or alias.name.split(".")[0]
             if alias.asname:
                 self.check_name(node, alias.asname, "alias")
@@ -124,8 +124,7 @@ class _Checker(ast.NodeVisitor):
         if node.level:
             self.flag(node, "relative imports are not allowed", "import")
         elif mod not in ALLOWED_MODULES:
-            self.flag(node, f"import from {mod!r} is not allowed (allowed: {', '.join(sorted(ALLOWED_MODULES))})",
-                      "import")
+            self.flag(node, f"import from {mod!r} is not allowed (allowed: {_ALLOWED_TEXT})", "import")
         for alias in node.names:
             if alias.name == "*":
                 self.flag(node, "star imports are not allowed", "star-import")

@@ -53,3 +53,24 @@ def skill_features(call: SkillCall, b: Backend, state) -> np.ndarray:
     f[6:9] = target
     f[9] = TARGET_KINDS[kind]
     return f
+
+
+def skill_text(call: SkillCall, state) -> str:
+    """The policy's language for a skill: its name and argument kinds, e.g. `place(block, container)`.
+
+    Which object and where come through skill_features, so the text generalises across colours and names.
+    """
+    parts = []
+    for a in call.args:
+        if isinstance(a, tuple):
+            parts.append("pose")
+        elif isinstance(a, (int, float)):
+            parts.append("degrees")
+        elif a in state.zones:
+            parts.append("zone")
+        elif a in state.objects:
+            o = state.objects[a]
+            parts.append("container" if o.shape == "container" else o.category)
+        else:
+            parts.append("unknown")
+    return f"{call.name}({', '.join(parts)})"

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
 from taskweave.planning.episode import EpisodeRecord
-from taskweave.planning.grounding import clean_line, ground_plan, is_terminator
+from taskweave.planning.grounding import LineError, clean_line, ground_plan, is_terminator
 from taskweave.planning.harness import Episode, describe_subset, format_history
 from taskweave.planning.replies import format_options, vote_option
 from taskweave.sim.skill_types import SkillCall, SkillSyntaxError
@@ -165,15 +165,17 @@ class TreePlanner:
                        example=self.example, **ep.skill_fields())
         if texts is None:
             return None
-        tree, dropped = ActionTree(), 0
+        tree, dropped, unreadable = ActionTree(), 0, 0
         for i, text in enumerate(texts):
             g = ground_plan(text, ep.objects, ep.zones, ep.stats)
-            if not g.ok:
+            if not g.ok:   # a plan with an unreadable line or a name that fits nothing is dropped
                 dropped += 1
+                unreadable += int(any(isinstance(e, LineError) for e in g.errors) or not (g.calls or g.errors))
                 continue
             tree.add_plan([c.call for c in g.calls], plan_id=i)
-        if dropped == len(texts):
-            ep.count_malformed("tree_sample", "no sampled plan was valid", k=0)
+        if unreadable:
+            ep.count_malformed("tree_sample", f"{unreadable} of {len(texts)} sampled plans were not skill-call lists",
+                               k=unreadable)
         ep.plans_dropped = dropped
         return tree
 

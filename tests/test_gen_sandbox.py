@@ -107,7 +107,8 @@ def test_static_policy_rules():
     assert ("task-class", "error") in rules(head + task + task.replace("class T", "class U"))
     assert ("task-class", "error") in rules(head + "class T(Task):\n    pass\n")
     assert ("infinite-loop", "error") in rules(head + task.replace("return None", "while True:\n            pass"))
-    assert ("infinite-loop", "warning") in rules(head + task.replace("return None", "while True:\n            return 1"))
+    loop = "while True:\n            "
+    assert ("infinite-loop", "warning") in rules(head + task.replace("return None", loop + "return 1"))
     assert not {r for r, _ in rules(head + task.replace("return None", "while True:\n            break"))}
     assert ("dunder", "error") in rules(head + task.replace("None", "'{0.__class__}'.format(rng)"))
     assert ("private", "error") in rules(head + "import numpy as np\n" + task.replace("None", "np._core"))
@@ -115,12 +116,13 @@ def test_static_policy_rules():
     assert ("metaclass", "error") in rules(head + task.replace("(Task)", "(Task, metaclass=type)"))
     assert ("internals", "error") in rules(head + "import numpy as np\n" + task.replace("None", "np.save('x', 1)"))
     assert ("internals", "error") in rules("from typing import functools\n" + head + task)
-    assert ("internals", "error") in rules(head + "import dataclasses\n" + task.replace("None", "dataclasses.copy"))
+    assert ("internals", "error") in rules(head + "import dataclasses\n" + task.replace("None", "dataclasses.abc"))
     assert check_source(head + "__all__ = ['T']\n" + task) == []
     ok = head + "class T(Task):\n    def __init__(self):\n        super().__init__()\n\n    def build(self, rng):\n" \
         "        return None\n"
     assert check_source(ok, "t.py") == []
-    assert enforce_source(head + task.replace("return None", "while 1:\n            raise ValueError"))[0].severity == "warning"
+    warnings = enforce_source(head + task.replace("return None", "while 1:\n            raise ValueError"))
+    assert warnings[0].severity == "warning"
     assert check_source("def (:\n")[0].rule == "syntax"
     assert check_source("x = " + "(" * 500 + ")" * 500)[0].rule == "syntax"
 
@@ -168,7 +170,8 @@ def test_benign_module_with_dataclasses_and_namedtuples():
 
 @needs_task
 def test_task_errors_come_back_with_the_task_line():
-    source = BENIGN.replace("        lay = Layout(rng)\n", "        lay = Layout(rng)\n        raise ValueError('no room')\n")
+    line = "        lay = Layout(rng)\n"
+    source = BENIGN.replace(line, line + "        raise ValueError('no room')\n")
     res = run_sandboxed(source, INSPECT, **FAST)
     assert not res.ok and res.killed_by is None and res.returncode == 1
     err = res.result["builds"][0]["error"]
@@ -208,7 +211,7 @@ def test_infinite_loop_is_killed_by_the_timeout():
 
 
 def test_memory_bomb_is_stopped_by_the_memory_limit():
-    res = run_sandboxed(hostile("memory_bomb"), INSPECT, skip_static_check=True, timeout_s=10, memory_mb=512)
+    res = run_sandboxed(hostile("memory_bomb"), INSPECT, skip_static_check=True, timeout_s=10, memory_mb=384)
     assert not res.ok and res.killed_by == "memory", (res.returncode, res.stderr[-500:])
 
 
@@ -263,7 +266,8 @@ def test_network_namespace_alone_blocks_loopback():
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
     listener.setblocking(False)
-    code = f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {listener.getsockname()[1]}), timeout=2)\n" \
+    port = listener.getsockname()[1]
+    code = f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2)\n" \
            "    print('connected')\nexcept OSError as e:\n    print('refused', e)\n"
     try:
         out = subprocess.run(prefix + [sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=20)

@@ -212,7 +212,7 @@ def test_iterative_corrects_after_an_injected_failure():
 def test_malformed_replies_are_counted_and_end_the_episode_cleanly(stack_env, name):
     rec = make_planner(name).run(EnvSkillExecutor(stack_env), ScriptedLLM({}))
     assert not rec.success and rec.error
-    assert rec.extra["malformed_replies"] > 0 or rec.extra["plans_valid"] == 0
+    assert rec.extra["malformed_replies"] > 0
     assert rec.llm_calls >= 1 and rec.executability == 0.0
     stack_env.reset(seed=0)
     rec2 = make_planner(name).run(EnvSkillExecutor(stack_env), FailingLLM())

@@ -1,0 +1,158 @@
+"""`taskweave collect`: record oracle demonstrations (state, actions, skill text) into a zarr dataset."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from typing import Optional
+
+import numpy as np
+from tqdm import tqdm
+
+from taskweave.policies.dataset import DatasetWriter
+
+# Disjoint seed ranges per split (GenSim keeps train and test seeds apart in the same way).
+SPLIT_SEED_BASE = {"train": 0, "val": 10_000_000, "test": 20_000_000}
+SPLITS = ("train", "val", "test")
+_ENVS: dict = {}
+
+
+def split_seeds(split: str, n: int, attempts_factor: int = 3) -> list:
+    """Candidate seeds of a split (more than n, since failed episodes are skipped)."""
+    base = SPLIT_SEED_BASE[split]
+    return list(range(base, base + max(n * attempts_factor, n + 5)))
+
+
+def policy_state(robot: np.ndarray, skill_feat: np.ndarray) -> np.ndarray:
+    """The policy's state vector: robot features followed by skill features."""
+    return np.concatenate([np.asarray(robot, dtype=np.float32), np.asarray(skill_feat, dtype=np.float32)])
+
+
+def record_episode(task: str, backend: str, seed: int, rgb_size: int = 0) -> Optional[dict]:
+    """Run the oracle on one seed, recording every control tick; None unless the episode succeeds."""
+    from taskweave.envs import make_env
+
+    key = (task, backend, rgb_size)
+    env = _ENVS.get(key)
+    if env is None:
+        env = _ENVS[key] = make_env(task, backend, control="skill", obs_mode="rgb" if rgb_size else "state",
+                                    image_size=rgb_size or 128)
+    env.reset(seed=seed)
+    segs = []  # (call text, states, actions, rgbs, ok)
+
+    for _ in range(3):
+        plan = env.oracle_plan()
+        if not plan:
+            break
+        for call in plan:
+            states, actions, rgbs = [], [], []
+            text = env.skill_text(call)
+
+            def rec(obs, action, c):
+                states.append(policy_state(obs["robot"], env.skill_features(c)))
+                actions.append(np.asarray(action, dtype=np.float32))
+                if rgb_size:
+                    rgbs.append(obs["rgb"])
+
+            r = env.execute_skill(call, recorder=rec)
+            if states:
+                segs.append((text, states, actions, rgbs, r.success))
+            if not r.success:
+                break
+        if env.is_success():
+            break
+    if not env.is_success():
+        return None
+    keep = [s for s in segs if s[4]]  # drop the ticks of skills that failed and were retried
+    if not keep:
+        return None
+    out = {"task": task, "seed": seed,
+           "state": np.concatenate([np.stack(s[1]) for s in keep]),
+           "action": np.concatenate([np.stack(s[2]) for s in keep]),
+           "skills": [s[0] for s in keep for _ in s[1]],
+           "segment_lengths": [len(s[1]) for s in keep]}
+    if rgb_size:
+        out["rgb"] = np.concatenate([np.stack(s[3]) for s in keep]).astype(np.uint8)
+    return out
+
+
+def _job(args) -> Optional[dict]:
+    return record_episode(*args)
+
+
+def add_collect_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of `taskweave collect`."""
+    p.add_argument("--tasks", required=True, help="comma-separated task names, or 'all'")
+    p.add_argument("--episodes", type=int, required=True, help="successful train episodes per task")
+    p.add_argument("--val-episodes", type=int, default=None, help="per task (default: episodes // 10)")
+    p.add_argument("--test-episodes", type=int, default=0, help="per task, stored for reference")
+    p.add_argument("--backend", default="mujoco", choices=("mujoco", "pybullet"))
+    p.add_argument("--out", required=True, help="dataset folder (reopened and resumed if it exists)")
+    p.add_argument("--rgb", type=int, default=0, metavar="SIZE", help="also record SIZExSIZE RGB frames")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+
+
+def collect(tasks: list, episodes: int, backend: str, out: str, val_episodes: Optional[int] = None,
+            test_episodes: int = 0, rgb: int = 0, workers: int = 1, progress: bool = True) -> dict:
+    """Collect successful oracle episodes for every task and split; resumable; finalises meta.json."""
+    from taskweave.envs import get_task
+    for t in tasks:
+        get_task(t)  # unknown names fail here, before any work
+    val = episodes // 10 if val_episodes is None else val_episodes
+    want = {"train": episodes, "val": val, "test": test_episodes}
+    writer = DatasetWriter(out, tasks=tasks, backend=backend, control_hz=10.0,
+                           extra={"seed_bases": SPLIT_SEED_BASE, "state_layout": "robot(7) + skill_features(16)"})
+    stats = {"attempted": 0, "kept": 0, "failed": 0, "skipped_existing": 0}
+    total = sum(want.values()) * len(tasks)
+    bar = tqdm(total=total, desc=f"collect [{backend}]", unit="ep", file=sys.stderr, disable=not progress or None)
+    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+    try:
+        for task in tasks:
+            for split in SPLITS:
+                have = sum(1 for e in writer._state["episodes"] if e["task"] == task and e["split"] == split)
+                stats["skipped_existing"] += have
+                bar.update(min(have, want[split]))
+                todo = [s for s in split_seeds(split, want[split]) if not writer.has_episode(task, s)]
+                i = 0
+                while have < want[split] and i < len(todo):
+                    batch = todo[i:i + max(1, workers * 2)]
+                    i += len(batch)
+                    jobs = [(task, backend, s, rgb) for s in batch]
+                    results = pool.map(_job, jobs) if pool else map(_job, jobs)
+                    for s, res in zip(batch, results):
+                        stats["attempted"] += 1
+                        if res is None:
+                            stats["failed"] += 1
+                            continue
+                        if have >= want[split]:
+                            continue
+                        writer.add_episode(task, s, res["state"], res["action"], res["skills"], rgb=res.get("rgb"),
+                                           split=split, segment_lengths=res["segment_lengths"])
+                        stats["kept"] += 1
+                        have += 1
+                        bar.update(1)
+                if have < want[split]:
+                    print(f"warning: {task} {split}: only {have}/{want[split]} successful episodes", file=sys.stderr)
+    finally:
+        bar.close()
+        if pool:
+            pool.shutdown()
+    meta = writer.finalize()
+    stats["meta"] = meta
+    stats["episodes"] = writer.num_episodes
+    return stats
+
+
+def collect_main(args) -> int:
+    """CLI entry of `taskweave collect`."""
+    from taskweave.envs import TASKS
+    tasks = sorted(TASKS) if args.tasks == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if args.episodes < 1:
+        raise ValueError("--episodes must be at least 1")
+    stats = collect(tasks, args.episodes, args.backend, args.out, args.val_episodes, args.test_episodes,
+                    args.rgb, args.workers)
+    print(f"kept {stats['kept']} new episodes ({stats['failed']} failed oracle runs discarded, "
+          f"{stats['skipped_existing']} already present); dataset {args.out} has {stats['episodes']} episodes; "
+          f"meta: {stats['meta']}")
+    return 0

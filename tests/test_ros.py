@@ -1,0 +1,408 @@
+"""ROS 2 nodes over real DDS on loopback: sim + policy + planner complete a task, topic types, the
+watchdog, clean shutdown, launch files and `taskweave bringup`.
+
+Every test uses its own rclpy Context on a random ROS_DOMAIN_ID with discovery limited to this host.
+"""
+import ast
+import importlib
+import importlib.util
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip(
+    "rclpy", reason="rclpy is not installed; pip install 'taskweave[ros]' (ros-rclpy wheels) to run the ROS tests")
+
+from rclpy.context import Context  # noqa: E402
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+
+from taskweave.ros.common import TOPICS, make_sub, msg_class, overrides, qos  # noqa: E402
+from taskweave.ros.params import (NODE_EXECUTABLES, PLANNER_PARAMETERS, POLICY_PARAMETERS,  # noqa: E402
+                                  SIM_PARAMETERS)
+
+ROOT = Path(__file__).resolve().parents[1]
+TASK, SEED = "BlockInBowl", 0
+SCALE = 4.0          # sim runs 4x faster than real time: 40 control ticks per wall second
+FAST = {"time_scale": SCALE}
+OFFLINE = {"llm": "offline:none", "planner": "tree"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ros_env():
+    """A private DDS domain, discovery on this host only, for the whole module (and its subprocesses)."""
+    keys = ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOCALHOST_ONLY", "RMW_IMPLEMENTATION")
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ["ROS_DOMAIN_ID"] = str(random.SystemRandom().randint(1, 101))
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+    yield os.environ["ROS_DOMAIN_ID"]
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+class Graph:
+    """Nodes on one Context spun by a MultiThreadedExecutor in a background thread, plus a probe node."""
+
+    def __init__(self):
+        self.ctx = Context()
+        rclpy.init(args=[], context=self.ctx)
+        self.ex = MultiThreadedExecutor(num_threads=4, context=self.ctx)
+        self.nodes = []
+        self.probe = self.add(Node("test_probe", context=self.ctx))
+        self.got = {}
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def add(self, node):
+        """Add a node to the spinning executor."""
+        self.nodes.append(node)
+        self.ex.add_node(node)
+        return node
+
+    def kill(self, node):
+        """Take a node out of the graph and destroy it (it stops publishing at once)."""
+        self.ex.remove_node(node)
+        self.nodes.remove(node)
+        getattr(node, "close", lambda: None)()
+        node.destroy_node()
+
+    def _spin(self):
+        while self.ctx.ok():
+            try:
+                self.ex.spin_once(timeout_sec=0.05)
+            except Exception:  # context shut down under us
+                break
+
+    def listen(self, topic):
+        """Record every message on a documented topic."""
+        self.got[topic] = []
+        make_sub(self.probe, topic, self.got[topic].append)
+
+    def publish(self, topic, text, wait_for_subscriber=True):
+        """Publish a String on a documented topic once a subscriber matched."""
+        from taskweave.ros.common import make_pub
+        pub = make_pub(self.probe, topic)
+        wait_until(lambda: pub.get_subscription_count() > 0 or not wait_for_subscriber, 10, f"a subscriber to {topic}")
+        m = String()
+        m.data = text
+        pub.publish(m)
+
+    def last_json(self, topic):
+        """The newest message on topic as JSON, or None."""
+        msgs = self.got.get(topic) or []
+        return json.loads(msgs[-1].data) if msgs else None
+
+    def close(self):
+        """Destroy every node, shut the context down and join the spinner."""
+        from taskweave.ros.common import _drain
+        for n in list(self.nodes):
+            self.ex.remove_node(n)
+        _drain(self.ex, time.monotonic() + 2.0)
+        for n in list(self.nodes):
+            getattr(n, "close", lambda: None)()
+            n.destroy_node()
+        rclpy.try_shutdown(context=self.ctx)
+        self._thread.join(timeout=5)
+        self.ex.shutdown(timeout_sec=2)
+        assert not self._thread.is_alive(), "the spinner thread hung"
+
+
+@pytest.fixture
+def graph():
+    g = Graph()
+    yield g
+    g.close()
+
+
+def wait_until(pred, timeout, what="condition"):
+    """Poll pred until true; fail the test naming what never happened."""
+    t_end = time.monotonic() + timeout
+    while time.monotonic() < t_end:
+        if pred():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def sim_node(g, **params):
+    from taskweave.ros.sim_node import SimNode
+    return g.add(SimNode(context=g.ctx, parameter_overrides=overrides(SIM_PARAMETERS, {**FAST, **params})))
+
+
+def planner_node(g, **params):
+    from taskweave.ros.planner_node import PlannerNode
+    return g.add(PlannerNode(context=g.ctx, parameter_overrides=overrides(PLANNER_PARAMETERS, {**OFFLINE, **params})))
+
+
+def policy_node(g, policy_fn=None, **params):
+    from taskweave.ros.policy_node import PolicyNode
+    values = {"control_rate": 10.0 * SCALE, **params}
+    return g.add(PolicyNode(context=g.ctx, policy_fn=policy_fn,
+                            parameter_overrides=overrides(POLICY_PARAMETERS, values)))
+
+
+def scripted_fallback_policy_fn(sim):
+    """TEST-ONLY stand-in for a trained policy: the sim's scripted skill, read straight from the sim's
+    backend in this process. It exercises the policy node's ROS path (observation in, delta action,
+    absolute TCP command out, watchdog) without a trained checkpoint; it is not a policy."""
+    from taskweave.sim.skill_types import SkillCall
+    from taskweave.sim.skills import make_skill
+    held = {"skill": None, "runner": None, "grip": -1.0}
+
+    def policy_fn(obs, skill):
+        with sim.lock:
+            b = sim.env.backend
+            if held["skill"] != skill:
+                held["skill"], held["runner"] = skill, make_skill(SkillCall.parse(skill), b)
+            a = held["runner"].act(b)
+        if a is None:   # skill over: hold still, keep the gripper as the skill left it
+            return np.array([0, 0, 0, 0, held["grip"]], dtype=float)
+        held["grip"] = float(a[4])
+        return a
+
+    policy_fn.reset = lambda: held.update(skill=None)
+    return policy_fn
+
+
+def ee_xyz(msg):
+    p = msg.pose.position
+    return np.array([p.x, p.y, p.z])
+
+
+# ---------------------------------------------------------------- contracts without DDS traffic
+
+def test_delta_round_trip_and_gripper_mapping():
+    from taskweave.ros.policy_node import delta_to_target
+    from taskweave.ros.sim_node import width_to_grip
+    from taskweave.sim.control import MAX_DPOS, MAX_DYAW
+    ref, yaw = np.array([0.45, 0.0, 0.3]), 0.2
+    a = np.array([0.5, -1.0, 0.25, -0.4, -1.0])
+    pos, new_yaw, width = delta_to_target(ref, yaw, a)
+    np.testing.assert_allclose((pos - ref) / MAX_DPOS, a[:3], atol=1e-9)
+    assert math.isclose((new_yaw - yaw) / MAX_DYAW, a[3])
+    assert width == pytest.approx(0.08) and width_to_grip(width) == pytest.approx(-1.0)
+    assert delta_to_target(ref, yaw, [0, 0, 0, 0, 1.0])[2] == 0.0 and width_to_grip(0.0) == 1.0
+    assert width_to_grip(0.04) == pytest.approx(-0.5)
+
+
+def test_state_json_round_trip_and_qos():
+    from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
+
+    from taskweave.envs import make_env
+    from taskweave.ros.state_json import decode_state, encode_state, symbolic_from_dict, symbolic_to_dict
+    env = make_env(TASK, "mujoco")
+    env.reset(seed=SEED)
+    st = env.symbolic_state()
+    back = symbolic_from_dict(decode_state(encode_state(symbolic_to_dict(st))))
+    assert set(back.objects) == set(st.objects) and back.held == st.held
+    assert {str(f) for f in back.facts} == {str(f) for f in st.facts}
+    env.close()
+    for topic, (type_name, kind) in TOPICS.items():
+        q = qos(kind)
+        assert msg_class(type_name) is not None
+        want = ReliabilityPolicy.BEST_EFFORT if kind == "sensor" else ReliabilityPolicy.RELIABLE
+        assert q.reliability == want, topic
+    assert qos(TOPICS["/taskweave/status"][1]).durability == DurabilityPolicy.TRANSIENT_LOCAL
+
+
+# ---------------------------------------------------------------- over DDS
+
+def test_scripted_task_across_processes_with_documented_types(graph):
+    """The sim runs in its own process (as `ros2 run` would start it); the planner here drives it."""
+    env = dict(os.environ)
+    cmd = [sys.executable, "-m", "taskweave.ros.sim_node", "--ros-args", "-p", f"task:={TASK}", "-p", f"seed:={SEED}",
+           "-p", f"time_scale:={SCALE}", "-p", "publish_images:=true", "-p", "image_size:=48"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for t in ("/joint_states", "/camera/image_raw", "/taskweave/object_poses", "/taskweave/ee_pose",
+                  "/taskweave/symbolic_state", "/taskweave/skill_result", "/taskweave/watchdog"):
+            graph.listen(t)
+        planner = planner_node(graph, executor="scripted")
+        wait_until(lambda: graph.got["/taskweave/symbolic_state"], 60, "the sim process's first state")
+        state = graph.last_json("/taskweave/symbolic_state")
+        graph.publish("/taskweave/instruction", state["instruction"])
+        wait_until(lambda: planner.status.get("state") in ("succeeded", "failed", "error"), 60, "the episode")
+        assert planner.status["state"] == "succeeded", planner.status
+        assert [s["success"] for s in planner.status["steps"]][-1] and planner.status["success"] is True
+        results = [json.loads(m.data) for m in graph.got["/taskweave/skill_result"]]
+        assert results and all(r["id"] for r in results)
+        # every topic carries its documented type, as the graph itself reports it
+        seen = dict(graph.probe.get_topic_names_and_types())
+        for topic, (type_name, _) in TOPICS.items():
+            if topic in seen:
+                assert seen[topic] == [type_name.replace("/", "/msg/")], topic
+        for t in ("/joint_states", "/camera/image_raw", "/taskweave/ee_pose", "/taskweave/object_poses",
+                  "/taskweave/ee_command", "/taskweave/skill_request", "/taskweave/status", "/taskweave/instruction"):
+            assert t in seen, f"{t} not in the graph"
+        js = graph.got["/joint_states"][-1]
+        assert len(js.name) == 9 and js.name[0] == "panda_joint1" and len(js.position) == 9
+        img = graph.got["/camera/image_raw"][-1]
+        assert (img.encoding, img.height, img.width, img.step, len(img.data)) == ("rgb8", 48, 48, 144, 48 * 48 * 3)
+        state = graph.last_json("/taskweave/symbolic_state")
+        assert len(graph.got["/taskweave/object_poses"][-1].poses) == len(state["object_names"])
+        assert state["success"] is True and len(state["robot"]) == 7 and len(state["skill_features"]) == 16
+        q = graph.got["/taskweave/ee_pose"][-1].pose.orientation
+        assert math.isclose(q.x ** 2 + q.y ** 2 + q.z ** 2 + q.w ** 2, 1.0, rel_tol=1e-3)
+        # status is transient-local: a late subscriber still gets the final one
+        late = []
+        make_sub(graph.probe, "/taskweave/status", late.append)
+        wait_until(lambda: late, 5, "the latched status")
+        assert json.loads(late[-1].data)["state"] == "succeeded"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+            pytest.fail("the sim node did not shut down on SIGINT:\n" + out[-2000:])
+    assert proc.returncode == 0, out[-2000:]
+    assert "never retrieved" not in out and "Traceback" not in out, out[-2000:]
+
+
+def test_policy_path_completes_task(graph):
+    """Planner -> current_skill -> policy node -> ee_command -> sim, with the TEST-ONLY scripted fallback policy."""
+    sim = sim_node(graph)
+    policy = policy_node(graph, scripted_fallback_policy_fn(sim))
+    planner = planner_node(graph, executor="policy", skill_timeout=30.0)
+    graph.listen("/taskweave/status")
+    graph.publish("/taskweave/instruction", sim.env.instruction)
+    wait_until(lambda: planner.status.get("state") in ("succeeded", "failed", "error"), 60, "the episode")
+    assert planner.status["state"] == "succeeded", planner.status
+    assert sim.env.is_success() and policy.actions > 10
+    assert [s["call"] for s in planner.status["steps"]][:1] == ["pick(blue_block)"]
+    published = [json.loads(m.data) for m in graph.got["/taskweave/status"]]
+    assert any(s["state"] == "executing" and s["current_skill"] for s in published)
+
+
+def test_watchdog_holds_arm_when_policy_node_dies(graph):
+    sim = sim_node(graph, command_timeout=0.2)
+    policy = policy_node(graph, scripted_fallback_policy_fn(sim))
+    graph.listen("/taskweave/ee_pose")
+    graph.listen("/taskweave/watchdog")
+    wait_until(lambda: graph.got["/taskweave/ee_pose"], 10, "the first ee pose")
+    start = ee_xyz(graph.got["/taskweave/ee_pose"][-1])
+    graph.publish("/taskweave/current_skill", "pick(blue_block)")
+    wait_until(lambda: np.linalg.norm(ee_xyz(graph.got["/taskweave/ee_pose"][-1]) - start) > 0.04, 10,
+               "the arm to move under policy commands")
+    assert graph.last_json("/taskweave/watchdog")["state"] == "active"
+    moving_from = ee_xyz(graph.got["/taskweave/ee_pose"][-1])
+    graph.kill(policy)                                   # the policy node dies mid-motion
+    t_kill = time.monotonic()
+    wait_until(lambda: graph.last_json("/taskweave/watchdog")["state"] == "stale", 1.0, "the watchdog to trip")
+    assert time.monotonic() - t_kill < 0.5
+    t_stale = time.monotonic()
+    time.sleep(0.15)                                     # let the arm settle on its frozen target
+    held = ee_xyz(graph.got["/taskweave/ee_pose"][-1])
+    time.sleep(0.5)                                      # 20 control ticks at 4x
+    after = ee_xyz(graph.got["/taskweave/ee_pose"][-1])
+    assert np.linalg.norm(after - held) < 0.003, (held, after)
+    assert np.linalg.norm(held - moving_from) < 0.05     # it stopped near where the commands ended
+    state = graph.last_json("/taskweave/watchdog")
+    assert state["state"] == "stale" and state["age"] >= 0.2 and time.monotonic() - t_stale < 2
+
+
+def test_checkpoint_policy_node_commands_the_arm(graph, tmp_path):
+    """The real PolicyRunner path with a tiny untrained checkpoint: loads, acts, publishes sane commands."""
+    pytest.importorskip("torch")
+    from taskweave.policies.checkpoint import save_checkpoint
+    from taskweave.policies.configuration_diffusion import DiffusionConfig
+    from taskweave.policies.modeling_diffusion import DiffusionPolicy
+    cfg = DiffusionConfig(state_dim=23, action_dim=5, num_tasks=1, num_skills=1, down_dims=(16, 32),
+                          diffusion_step_embed_dim=16, state_feature_dim=16, state_hidden_dim=32, skill_cond_dim=8,
+                          task_embed_dim=4, text_embed_dim=16, num_inference_steps=2, pred_horizon=8,
+                          action_horizon=4)
+    path = save_checkpoint(str(tmp_path / "tiny.pt"), DiffusionPolicy(cfg), step=0, skills=["pick(blue_block)"],
+                           tasks=[TASK])
+    sim_node(graph)
+    policy = policy_node(graph, checkpoint=path, device="cpu")
+    graph.listen("/taskweave/ee_command")
+    graph.listen("/taskweave/gripper_command")
+    graph.listen("/taskweave/watchdog")
+    graph.publish("/taskweave/current_skill", "pick(blue_block)")
+    wait_until(lambda: len(graph.got["/taskweave/ee_command"]) > 5, 20, "policy commands")
+    assert policy.actions > 0
+    cmd = graph.got["/taskweave/ee_command"][-1]
+    q = cmd.pose.orientation
+    assert math.isclose(q.x ** 2 + q.y ** 2 + q.z ** 2 + q.w ** 2, 1.0, rel_tol=1e-6)
+    assert 0.0 <= cmd.pose.position.z <= 0.45 and cmd.header.frame_id == "world"
+    assert all(0.0 <= m.data <= 0.08 for m in graph.got["/taskweave/gripper_command"])
+    wait_until(lambda: graph.last_json("/taskweave/watchdog")["state"] == "active", 5, "the sim to follow")
+
+
+def test_bringup_runs_a_task_end_to_end(capsys):
+    from taskweave.ros.bringup import bringup_main
+    rc = bringup_main(["sim", "--task", TASK, "--seed", str(SEED), "--time-scale", str(SCALE), "--llm", "offline:none",
+                       "--planner", "iterative", "--executor", "scripted", "--instruction", "--duration", "60",
+                       "--json"])
+    status = json.loads(capsys.readouterr().out)
+    assert rc == 0 and status["state"] == "succeeded", status
+
+
+# ---------------------------------------------------------------- launch files
+
+def _launch_nodes(path):
+    """(executable, parameter names, remapped topics) of each Node(...) call in a launch file."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    out = []
+    for call in ast.walk(tree):
+        if not (isinstance(call, ast.Call) and getattr(call.func, "id", getattr(call.func, "attr", "")) == "Node"):
+            continue
+        kw = {k.arg: k.value for k in call.keywords}
+        exe = ast.literal_eval(kw["executable"])
+        params = set()
+        for item in getattr(kw.get("parameters"), "elts", []):
+            assert isinstance(item, ast.Dict), f"{path.name}: parameters must be dict literals"
+            params |= {ast.literal_eval(k) for k in item.keys}
+        out.append((exe, params, kw.get("remappings")))
+    return out
+
+
+@pytest.mark.parametrize("name, executables", [
+    ("sim.launch.py", {"taskweave-sim-node", "taskweave-policy-node", "taskweave-planner-node"}),
+    ("robot.launch.py", {"taskweave-policy-node", "taskweave-planner-node"}),
+])
+def test_launch_file_names_real_executables_and_declared_parameters(name, executables):
+    path = ROOT / "launch" / name
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"].get("scripts", {})
+    nodes = _launch_nodes(path)
+    assert {exe for exe, _, _ in nodes} == executables
+    for exe, params, _ in nodes:
+        assert exe in scripts, f"{name}: {exe} is not a console script in pyproject [project.scripts]"
+        assert scripts[exe] == NODE_EXECUTABLES[exe][0]
+        module, func = scripts[exe].split(":")
+        assert callable(getattr(importlib.import_module(module), func))
+        undeclared = params - set(NODE_EXECUTABLES[exe][1])
+        assert not undeclared, f"{name}: {exe} does not declare {sorted(undeclared)}"
+    if name == "robot.launch.py":
+        assert all(remap is not None for _, _, remap in nodes), "robot nodes must be remappable"
+
+
+@pytest.mark.parametrize("name", ["sim.launch.py", "robot.launch.py"])
+def test_launch_file_loads_with_ros_launch(name):
+    spec = importlib.util.find_spec("launch")
+    if spec is None or spec.origin is None or importlib.util.find_spec("launch_ros") is None:
+        pytest.skip("the ROS 2 `launch` / `launch_ros` packages are not installed (they are not on PyPI)")
+    import launch
+    mod_spec = importlib.util.spec_from_file_location(f"tw_{name.split('.')[0]}_launch", ROOT / "launch" / name)
+    mod = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(mod)
+    ld = mod.generate_launch_description()
+    assert isinstance(ld, launch.LaunchDescription)
+    assert any(type(e).__name__ == "Node" for e in ld.entities)
