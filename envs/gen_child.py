@@ -99,6 +99,36 @@ def plain(x, _budget=None, _depth=0):
 _TRUSTED: tuple = (frozenset(), type(None), frozenset())
 
 
+def json_writer():
+    """A JSON encoder for plain data bound only to C functions, so task code cannot patch what it calls."""
+    from _json import encode_basestring_ascii as esc
+    _type, _str, _int, _float, _list, _tuple, _dict, _ValueError = type, str, int, float, list, tuple, dict, ValueError
+    int_repr, float_repr, inf, limit = int.__repr__, float.__repr__, float("inf"), MAX_DEPTH + 8
+
+    def enc(x, depth=0):
+        t = _type(x)
+        if depth > limit:
+            return '"<too deep>"'
+        if x is None or x is True or x is False:
+            return "null" if x is None else ("true" if x else "false")
+        if t is _str:
+            return esc(x)
+        if t is _int:
+            try:
+                return int_repr(x)
+            except _ValueError:
+                return '"<huge int>"'
+        if t is _float:
+            return float_repr(x) if x == x and x != inf and x != -inf else "null"
+        if t is _list or t is _tuple:
+            return "[" + ",".join([enc(v, depth + 1) for v in x]) + "]"
+        if t is _dict:
+            items = [esc(k) + ":" + enc(v, depth + 1) for k, v in _dict.items(x) if _type(k) is _str]
+            return "{" + ",".join(items) + "}"
+        return '"<unserialisable>"'
+    return enc
+
+
 def error_info(exc: BaseException) -> dict:
     """Type, message and (task-line-annotated) traceback of an exception, as data."""
     info = {"type": _type_name(type(exc)), "message": "", "traceback": ""}
@@ -234,7 +264,8 @@ def _read_roots() -> list:
 def main(argv=None) -> int:
     """Run the job described in the scratch directory and write its JSON answer to the result fd."""
     global _TRUSTED
-    write, exit_now, dumps, streams = os.write, os._exit, json.dumps, (sys.stdout, sys.stderr)
+    # Everything finish() uses is bound here, before task code runs and can patch modules.
+    write, exit_now, encode, streams, view_of = os.write, os._exit, json_writer(), (sys.stdout, sys.stderr), memoryview
 
     def finish(payload: dict, code: int):
         for stream in streams:
@@ -242,8 +273,7 @@ def main(argv=None) -> int:
                 stream.flush()
             except Exception:
                 pass
-        data = dumps(payload, default=lambda o: f"<{_type_name(type(o))}>").encode()
-        view = memoryview(data)
+        view = view_of(encode(payload).encode())
         while view:
             view = view[write(fd, view):]
         exit_now(code)
@@ -255,8 +285,10 @@ def main(argv=None) -> int:
             job = json.load(f)
         with open(os.path.join(scratch, SOURCE_FILE)) as f:
             source = f.read()
+        for name in job.get("preload", []):   # trusted extra modules named by the parent (may register jobs)
+            __import__(name)
         kind = JOBS[job["kind"]]
-        for name in sorted(ALLOWED_MODULES) + list(kind.preload) + list(job.get("preload", [])):
+        for name in sorted(ALLOWED_MODULES) + list(kind.preload):
             try:
                 __import__(name)
             except ImportError:
@@ -296,4 +328,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    main()
+    # Run from the module under its real name, so jobs registered with register_job land in the registry used.
+    from taskweave.envs import gen_child
+    gen_child.main()

@@ -96,6 +96,14 @@ class _Checker(ast.NodeVisitor):
         self.filename = filename
         self.out: list = []
         self.module_aliases: set = set()     # names bound to allowed modules (np, math, ...)
+        self.docstrings: set = set()         # ids of docstring constants: text, never data
+
+    def visit(self, node: ast.AST):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            self.docstrings.add(id(body[0].value))
+        return super().visit(node)
 
     def flag(self, node: ast.AST, message: str, rule: str, severity: str = "error") -> None:
         self.out.append(Violation(getattr(node, "lineno", 0), getattr(node, "col_offset", 0), message, rule,
@@ -160,7 +168,7 @@ class _Checker(ast.NodeVisitor):
         self.generic_visit(node)
 
     def visit_Constant(self, node: ast.Constant) -> None:
-        if isinstance(node.value, (str, bytes)):
+        if isinstance(node.value, (str, bytes)) and id(node) not in self.docstrings:
             text = node.value if isinstance(node.value, str) else node.value.decode("latin-1")
             if _DUNDER_IN_TEXT.search(text):
                 self.flag(node, "string constants may not contain dunder names", "dunder")

@@ -6,6 +6,8 @@ import math
 from taskweave.envs.predicates import P, evaluate
 from taskweave.sim.skill_types import SkillCall
 
+PICK_LIFT = 0.09  # a pick is done once the object is held this high (metres), as the scripted pick does
+
 
 def skill_succeeded(call: SkillCall, state, before=None) -> bool:
     """Whether the postcondition of a skill call holds in state (rotate needs the state before)."""
@@ -13,7 +15,7 @@ def skill_succeeded(call: SkillCall, state, before=None) -> bool:
         return False
     a = call.args[0]
     if call.name == "pick":
-        return state.held == a
+        return state.held == a and state.objects[a].pos[2] > PICK_LIFT
     if state.held == a:
         return False
     if call.name in ("place", "push"):

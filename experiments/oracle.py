@@ -15,6 +15,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 
 from tqdm import tqdm
 
+from taskweave.envs.metrics import rate_cell
+
 
 def _one(task: str, backend: str, seeds: list) -> dict:
     from taskweave.envs import make_env
@@ -24,17 +26,6 @@ def _one(task: str, backend: str, seeds: list) -> dict:
     rows = [run_oracle_episode(env, s) for s in seeds]
     env.close()
     return {"task": task, "backend": backend, "episodes": rows}
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple:
-    """95% Wilson score interval of k successes in n trials."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / d
-    return (max(0.0, c - h), min(1.0, c + h))
 
 
 def main(argv=None) -> int:
@@ -73,9 +64,8 @@ def main(argv=None) -> int:
         for b in backends:
             eps = table[(t, b)]["episodes"]
             k = sum(e["success"] for e in eps)
-            lo, hi = wilson(k, len(eps))
             worst = min(worst, k / len(eps))
-            cells.append(f"{k}/{len(eps)} = {k / len(eps):.0%} [{lo:.0%}, {hi:.0%}]")
+            cells.append(rate_cell(k, len(eps)))
             nsk += [len(e["skills"]) for e in eps]
         lines.append(f"| {t} | {sum(nsk) / len(nsk):.1f} | " + " | ".join(cells) + " |")
     lines += ["", f"Lowest per-task success: {worst:.0%}.", ""]

@@ -7,7 +7,6 @@ placeholders resolved against the episode's goals after reset, since object name
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from typing import Callable, Optional
@@ -31,6 +30,7 @@ def set_policy_executor_factory(factory: Optional[ExecutorFactory]) -> None:
 def resolve_perturbations(spec: str, goals: list) -> str:
     """Replace $goalN / $baseN placeholders in a perturbation spec with the episode's object names."""
     def sub(m):
+        """The name a placeholder stands for."""
         i = int(m.group(2) or 0)
         if i >= len(goals):
             raise ValueError(f"perturbation {spec!r} names goal {i}, but the task has {len(goals)} goal(s)")
@@ -178,6 +178,7 @@ def plan_main(args, executor_factory: Optional[ExecutorFactory] = None) -> int:
     out = sys.stderr if args.json else sys.stdout
 
     def trace(ev):
+        """Print one trace line per episode event."""
         line = format_event(ev)
         if line is not None:
             print(line, file=out, flush=True)

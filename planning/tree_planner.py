@@ -170,7 +170,7 @@ class TreePlanner:
             g = ground_plan(text, ep.objects, ep.zones, ep.stats)
             if not g.ok:   # a plan with an unreadable line or a name that fits nothing is dropped
                 dropped += 1
-                unreadable += int(any(isinstance(e, LineError) for e in g.errors) or not (g.calls or g.errors))
+                unreadable += int(any(isinstance(e, LineError) for e in g.errors) or not text.strip())
                 continue
             tree.add_plan([c.call for c in g.calls], plan_id=i)
         if unreadable:

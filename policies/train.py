@@ -19,7 +19,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
@@ -44,6 +43,54 @@ class TrainResult:
     run_dir: str
     checkpoint: Optional[str]
     policy: DiffusionPolicy
+
+
+class EMA:
+    """Exponential moving average of parameters with warm-up decay 1 - (1 + step) ** -power, capped at max_decay.
+
+    Same maths and state-dict keys as diffusers' EMAModel (use_ema_warmup=True), without importing
+    diffusers' model zoo.
+    """
+
+    def __init__(self, parameters, max_decay: float = 0.9999, power: float = 0.75, inv_gamma: float = 1.0) -> None:
+        self.shadow_params = [p.detach().clone() for p in parameters]
+        self.decay, self.power, self.inv_gamma, self.min_decay = max_decay, power, inv_gamma, 0.0
+        self.optimization_step = 0
+
+    def get_decay(self, step: int) -> float:
+        """Decay used at optimisation step `step` (0 for the first update)."""
+        step = max(0, step - 1)
+        if step <= 0:
+            return 0.0
+        return max(self.min_decay, min(self.decay, 1 - (1 + step / self.inv_gamma) ** -self.power))
+
+    @torch.no_grad()
+    def step(self, parameters) -> None:
+        """Fold the current parameters into the average."""
+        self.optimization_step += 1
+        params = list(parameters)
+        one_minus = 1.0 - self.get_decay(self.optimization_step)
+        torch._foreach_sub_(self.shadow_params, torch._foreach_sub(self.shadow_params, params), alpha=one_minus)
+
+    def to(self, device) -> "EMA":
+        """Move the averaged parameters to device."""
+        self.shadow_params = [p.to(device) for p in self.shadow_params]
+        return self
+
+    def state_dict(self) -> dict:
+        """Return the state (EMAModel-compatible keys)."""
+        return {"decay": self.decay, "min_decay": self.min_decay, "optimization_step": self.optimization_step,
+                "update_after_step": 0, "use_ema_warmup": True, "inv_gamma": self.inv_gamma, "power": self.power,
+                "shadow_params": self.shadow_params}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a state from state_dict() (or diffusers EMAModel.state_dict())."""
+        shadow = state["shadow_params"]
+        if len(shadow) != len(self.shadow_params):
+            raise TrainError(f"EMA state has {len(shadow)} tensors, the model {len(self.shadow_params)}")
+        self.shadow_params = [s.to(p.device, p.dtype) for s, p in zip(shadow, self.shadow_params)]
+        self.decay, self.power, self.inv_gamma = state["decay"], state["power"], state["inv_gamma"]
+        self.min_decay, self.optimization_step = state.get("min_decay", 0.0), int(state["optimization_step"])
 
 
 def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
@@ -131,8 +178,7 @@ def train(data_dir: str, out_dir: str, config: Optional[DiffusionConfig] = None,
                                       foreach=True)
         lr_sched = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
                                  num_training_steps=cfg.steps)
-        ema = (EMAModel(policy.parameters(), decay=cfg.ema_max_decay, use_ema_warmup=True, power=cfg.ema_power,
-                        inv_gamma=1.0) if cfg.use_ema and is_main else None)
+        ema = EMA(policy.parameters(), cfg.ema_max_decay, cfg.ema_power) if cfg.use_ema and is_main else None
         start = 0
         if ckpt_path is not None:
             ckpt = load_checkpoint(ckpt_path, map_location=dev)

@@ -14,13 +14,11 @@ from taskweave.planning import make_planner
 from taskweave.planning.clea import CleaAgent
 from taskweave.planning.episode import EpisodeRecord
 from taskweave.planning.executors import CallbackSkillExecutor, EnvSkillExecutor
-from taskweave.planning.iterative import IterativePlanner
 from taskweave.planning.llm import LLMClient, LLMError, LLMResponse, make_llm
 from taskweave.planning.offline_llm import MODEL_NAME, ErrorRates, OfflineLLM
-from taskweave.planning.openloop import OpenLoopPlanner
 from taskweave.planning.runner import add_plan_arguments, plan_main, resolve_perturbations, run_episode
 from taskweave.planning.tree_planner import END, ActionTree, TreePlanner
-from taskweave.sim.skill_types import SkillCall, SkillResult
+from taskweave.sim.skill_types import SkillCall
 
 
 class ScriptedLLM(LLMClient):

@@ -66,6 +66,7 @@ class Graph:
         self.nodes = []
         self.probe = self.add(Node("test_probe", context=self.ctx))
         self.got = {}
+        self.errors = []
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
 
@@ -86,8 +87,8 @@ class Graph:
         while self.ctx.ok():
             try:
                 self.ex.spin_once(timeout_sec=0.05)
-            except Exception:  # context shut down under us
-                break
+            except Exception as e:  # a node destroyed mid-wait; keep spinning the others
+                self.errors.append(repr(e))
 
     def listen(self, topic):
         """Record every message on a documented topic."""
@@ -125,6 +126,7 @@ class Graph:
 
 @pytest.fixture
 def graph():
+    """A fresh Graph, torn down after the test."""
     g = Graph()
     yield g
     g.close()
@@ -141,16 +143,19 @@ def wait_until(pred, timeout, what="condition"):
 
 
 def sim_node(g, **params):
+    """A sim node (4x real time) in the graph."""
     from taskweave.ros.sim_node import SimNode
     return g.add(SimNode(context=g.ctx, parameter_overrides=overrides(SIM_PARAMETERS, {**FAST, **params})))
 
 
 def planner_node(g, **params):
+    """A planner node (tree planner, mistake-free offline LLM) in the graph."""
     from taskweave.ros.planner_node import PlannerNode
     return g.add(PlannerNode(context=g.ctx, parameter_overrides=overrides(PLANNER_PARAMETERS, {**OFFLINE, **params})))
 
 
 def policy_node(g, policy_fn=None, **params):
+    """A policy node keeping pace with the 4x sim."""
     from taskweave.ros.policy_node import PolicyNode
     values = {"control_rate": 10.0 * SCALE, **params}
     return g.add(PolicyNode(context=g.ctx, policy_fn=policy_fn,
@@ -181,6 +186,7 @@ def scripted_fallback_policy_fn(sim):
 
 
 def ee_xyz(msg):
+    """Position of a PoseStamped as an array."""
     p = msg.pose.position
     return np.array([p.x, p.y, p.z])
 
@@ -285,7 +291,8 @@ def test_policy_path_completes_task(graph):
     graph.publish("/taskweave/instruction", sim.env.instruction)
     wait_until(lambda: planner.status.get("state") in ("succeeded", "failed", "error"), 60, "the episode")
     assert planner.status["state"] == "succeeded", planner.status
-    assert sim.env.is_success() and policy.actions > 10
+    with sim.lock:
+        assert sim.env.is_success() and policy.actions > 10
     assert [s["call"] for s in planner.status["steps"]][:1] == ["pick(blue_block)"]
     published = [json.loads(m.data) for m in graph.got["/taskweave/status"]]
     assert any(s["state"] == "executing" and s["current_skill"] for s in published)
@@ -318,6 +325,39 @@ def test_watchdog_holds_arm_when_policy_node_dies(graph):
     assert state["state"] == "stale" and state["age"] >= 0.2 and time.monotonic() - t_stale < 2
 
 
+@pytest.mark.parametrize("backend", ["mujoco", "pybullet"])
+def test_sim_node_follows_absolute_tcp_targets(graph, backend):
+    """A raw command stream (as a robot-side client would send) moves the TCP to the target and yaw."""
+    from geometry_msgs.msg import PoseStamped
+    from std_msgs.msg import Float64
+
+    from taskweave.ros.common import make_pub, top_down_quat_xyzw, yaw_from_quat_xyzw
+    sim_node(graph, backend=backend)
+    graph.listen("/taskweave/ee_pose")
+    graph.listen("/taskweave/watchdog")
+    wait_until(lambda: graph.got["/taskweave/ee_pose"], 20, "the first ee pose")
+    start = ee_xyz(graph.got["/taskweave/ee_pose"][-1])
+    goal, yaw = start + np.array([0.05, -0.04, -0.06]), 0.4
+    pose_pub, grip_pub = make_pub(graph.probe, "/taskweave/ee_command"), make_pub(graph.probe, "/taskweave/gripper_command")
+    cmd = PoseStamped()
+    cmd.header.frame_id = "world"
+    cmd.pose.position.x, cmd.pose.position.y, cmd.pose.position.z = (float(v) for v in goal)
+    (cmd.pose.orientation.x, cmd.pose.orientation.y, cmd.pose.orientation.z,
+     cmd.pose.orientation.w) = top_down_quat_xyzw(yaw)
+    width = Float64()
+    width.data = 0.08
+    t_end = time.monotonic() + 10
+    while time.monotonic() < t_end and np.linalg.norm(ee_xyz(graph.got["/taskweave/ee_pose"][-1]) - goal) > 0.01:
+        pose_pub.publish(cmd)
+        grip_pub.publish(width)
+        time.sleep(1 / 40)
+    last = graph.got["/taskweave/ee_pose"][-1]
+    assert np.linalg.norm(ee_xyz(last) - goal) <= 0.01
+    q = last.pose.orientation
+    assert abs(yaw_from_quat_xyzw(q.x, q.y, q.z, q.w) - yaw) < 0.1
+    wait_until(lambda: graph.last_json("/taskweave/watchdog")["state"] == "stale", 2, "the watchdog to trip")
+
+
 def test_checkpoint_policy_node_commands_the_arm(graph, tmp_path):
     """The real PolicyRunner path with a tiny untrained checkpoint: loads, acts, publishes sane commands."""
     pytest.importorskip("torch")
@@ -328,16 +368,17 @@ def test_checkpoint_policy_node_commands_the_arm(graph, tmp_path):
                           diffusion_step_embed_dim=16, state_feature_dim=16, state_hidden_dim=32, skill_cond_dim=8,
                           task_embed_dim=4, text_embed_dim=16, num_inference_steps=2, pred_horizon=8,
                           action_horizon=4)
-    path = save_checkpoint(str(tmp_path / "tiny.pt"), DiffusionPolicy(cfg), step=0, skills=["pick(blue_block)"],
-                           tasks=[TASK])
-    sim_node(graph)
+    sim = sim_node(graph)
+    with sim.lock:
+        text = sim.env.skill_text("pick(blue_block)")
+    path = save_checkpoint(str(tmp_path / "tiny.pt"), DiffusionPolicy(cfg), step=0, skills=[text], tasks=[TASK])
     policy = policy_node(graph, checkpoint=path, device="cpu")
     graph.listen("/taskweave/ee_command")
     graph.listen("/taskweave/gripper_command")
     graph.listen("/taskweave/watchdog")
     graph.publish("/taskweave/current_skill", "pick(blue_block)")
     wait_until(lambda: len(graph.got["/taskweave/ee_command"]) > 5, 20, "policy commands")
-    assert policy.actions > 0
+    assert policy.actions > 0 and text in policy.policy_fn.runner.skills   # conditioned on a trained skill
     cmd = graph.got["/taskweave/ee_command"][-1]
     q = cmd.pose.orientation
     assert math.isclose(q.x ** 2 + q.y ** 2 + q.z ** 2 + q.w ** 2, 1.0, rel_tol=1e-6)
@@ -406,3 +447,56 @@ def test_launch_file_loads_with_ros_launch(name):
     ld = mod.generate_launch_description()
     assert isinstance(ld, launch.LaunchDescription)
     assert any(type(e).__name__ == "Node" for e in ld.entities)
+
+
+class _Rec:
+    """Stand-in for a launch action or substitution: records its arguments."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+
+def _stub_launch_modules(monkeypatch):
+    """Minimal `launch` / `launch_ros` modules that record what a launch file builds."""
+    import types
+    names = {"launch": ["LaunchDescription"], "launch.actions": ["DeclareLaunchArgument"],
+             "launch.substitutions": ["LaunchConfiguration", "PythonExpression"],
+             "launch_ros": [], "launch_ros.actions": ["Node"], "launch_ros.parameter_descriptions": ["ParameterValue"]}
+    for mod, classes in names.items():
+        m = types.ModuleType(mod)
+        for c in classes:
+            setattr(m, c, type(c, (_Rec,), {}))
+        monkeypatch.setitem(sys.modules, mod, m)
+
+
+def _configs(value):
+    """Names of every LaunchConfiguration inside a value (lists, dicts, substitutions)."""
+    if type(value).__name__ == "LaunchConfiguration":
+        return {value.args[0]}
+    if isinstance(value, _Rec):
+        return set().union(set(), *(_configs(v) for v in (*value.args, *value.kwargs.values())))
+    if isinstance(value, dict):
+        return set().union(set(), *(_configs(v) for v in value.values()))
+    if isinstance(value, (list, tuple)):
+        return set().union(set(), *(_configs(v) for v in value))
+    return set()
+
+
+@pytest.mark.parametrize("name", ["sim.launch.py", "robot.launch.py"])
+def test_launch_file_uses_only_declared_launch_arguments(name, monkeypatch):
+    """Run generate_launch_description against a recording stub of the launch API (no ROS install needed)."""
+    _stub_launch_modules(monkeypatch)
+    mod_spec = importlib.util.spec_from_file_location(f"tw_stub_{name.split('.')[0]}", ROOT / "launch" / name)
+    mod = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(mod)
+    ld = mod.generate_launch_description()
+    entities = ld.args[0]
+    declared = {e.args[0] for e in entities if type(e).__name__ == "DeclareLaunchArgument"}
+    nodes = [e for e in entities if type(e).__name__ == "Node"]
+    assert nodes and all(set(n.kwargs) <= {"package", "executable", "name", "output", "parameters", "remappings"}
+                         for n in nodes)
+    used = set().union(*(_configs(n.kwargs) for n in nodes))
+    assert used <= declared, f"{name} uses undeclared launch arguments {sorted(used - declared)}"
+    assert declared <= used, f"{name} declares unused launch arguments {sorted(declared - used)}"
+    for n in nodes:   # package resolves to None on a pip install: the executable is found on PATH
+        assert n.kwargs["package"] in (None, "taskweave") and n.kwargs["executable"] in NODE_EXECUTABLES

@@ -37,6 +37,7 @@ def configure_ros_env(localhost_only: bool = False, domain_id: Optional[int] = N
     set_ = {}
 
     def put(key, value, force=False):
+        """Set one variable (unless already set and not forced)."""
         if force or not env.get(key):
             env[key] = str(value)
             set_[key] = str(value)

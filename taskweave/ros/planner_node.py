@@ -36,26 +36,14 @@ from taskweave.ros.state_json import decode_state
 PlanFn = Callable[[str, str, RosSkillExecutor, Callable[[dict], None]], object]
 
 
-def make_planner(name: str):
-    """A planner object with run(executor, llm, ...) by name: tree | clea | iterative | openloop."""
-    try:
-        from taskweave.planning.runner import make_planner as _make
-        return _make(name)
-    except ImportError:
-        pass
-    import importlib
-    where = {"tree": ("tree_planner", "TreePlanner"), "iterative": ("iterative", "IterativePlanner"),
-             "openloop": ("openloop", "OpenLoopPlanner"), "clea": ("clea", "CLEAPlanner")}
-    if name not in where:
-        raise ValueError(f"unknown planner {name!r} (choose one of: {', '.join(where)})")
-    mod, cls = where[name]
-    return getattr(importlib.import_module(f"taskweave.planning.{mod}"), cls)()
-
-
 def run_planner(planner: str, llm: str, executor: RosSkillExecutor, trace=None):
     """The default plan_fn: one episode of a taskweave planner with an LLM spec on the executor."""
+    from taskweave.planning import make_planner
     from taskweave.planning.llm import make_llm
-    client = make_llm(llm)
+    kw = {}
+    if llm.split(":", 1)[0] == "offline" and executor.seed is not None:
+        kw["seed"] = int(executor.seed)   # as `taskweave plan` seeds it
+    client = make_llm(llm, **kw)
     try:
         return make_planner(planner).run(executor, client, task=executor.task_name, seed=executor.seed,
                                          backend=executor.backend_name, trace=trace)

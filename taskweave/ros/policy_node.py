@@ -54,15 +54,16 @@ def reference_target(obs: dict) -> tuple:
     return np.array(r[:3], dtype=float), float(np.arctan2(r[3], r[4]))
 
 
-def observation_features(obs: dict, skill: str) -> Optional[np.ndarray]:
-    """Skill features for skill: the observation's when computed for it, else from its symbolic state."""
-    if obs.get("skill") == skill and obs.get("skill_features") is not None:
-        return np.asarray(obs["skill_features"], dtype=np.float32)
+def observation_skill(obs: dict, skill: str) -> tuple:
+    """(skill features, skill text) for skill: the observation's when made for it, else from its symbolic state."""
+    if obs.get("skill") == skill and obs.get("skill_features") is not None and obs.get("skill_text"):
+        return np.asarray(obs["skill_features"], dtype=np.float32), obs["skill_text"]
     call = parse_skill(skill)
     if call is None or "objects" not in obs:
-        return None
-    from taskweave.envs.observation import skill_features
-    return skill_features(call, None, symbolic_from_dict(obs))
+        raise ValueError(f"cannot condition the policy on {skill!r} from this observation")
+    from taskweave.envs.observation import skill_features, skill_text
+    st = symbolic_from_dict(obs)
+    return skill_features(call, None, st), skill_text(call, st)
 
 
 def checkpoint_policy_fn(path: str, device: str = "auto", task: str = "", use_ema: bool = True,
@@ -73,11 +74,11 @@ def checkpoint_policy_fn(path: str, device: str = "auto", task: str = "", use_em
                                           num_inference_steps=num_inference_steps or None)
 
     def policy_fn(obs: dict, skill: str) -> np.ndarray:
-        feats = observation_features(obs, skill)
-        state = policy_state(obs, feats)[None]
+        """One action of the diffusion policy (receding horizon) for this observation and skill."""
+        feats, text = observation_skill(obs, skill)
         name = task or obs.get("task") or ""
         task_id = name if name in runner.tasks else 0
-        return runner.act({"state": state}, [skill], [task_id])[0]
+        return runner.act({"state": policy_state(obs, feats)[None]}, [text], [task_id])[0]
 
     policy_fn.reset = runner.reset
     policy_fn.runner = runner
@@ -104,7 +105,7 @@ class PolicyNode(Node):
         self.skill = ""
         self.command = None           # (pos, yaw, width) last computed
         self.last_compute = 0.0
-        self.actions = 0
+        self.actions, self.errors = 0, 0
         self.pub_pose = make_pub(self, "/taskweave/ee_command")
         self.pub_grip = make_pub(self, "/taskweave/gripper_command")
         make_sub(self, "/taskweave/symbolic_state", self._on_obs)
@@ -145,10 +146,19 @@ class PolicyNode(Node):
             return   # the sim is running a scripted skill; do not fight it
         new = self.obs_seq is None or self.obs_seq != self.used_seq
         if new and now - self.last_compute >= 0.9 / self.params["control_rate"]:
-            a = np.asarray(self.policy_fn(self.obs, self.skill), dtype=float).reshape(-1)
+            self.used_seq, self.last_compute = self.obs_seq, now
+            try:
+                a = np.asarray(self.policy_fn(self.obs, self.skill), dtype=float).reshape(-1)
+                if a.shape != (5,) or not np.all(np.isfinite(a)):
+                    raise ValueError(f"policy returned {a!r}, not 5 finite numbers")
+            except Exception as e:  # no command rather than a crashed node: the arm's watchdog holds it
+                self.command = None
+                self.errors += 1
+                if self.errors <= 3:
+                    self.get_logger().error(f"policy failed on {self.skill!r}: {type(e).__name__}: {e}")
+                return
             ref_pos, ref_yaw = reference_target(self.obs)
             self.command = delta_to_target(ref_pos, ref_yaw, a)
-            self.used_seq, self.last_compute = self.obs_seq, now
             self.actions += 1
             self._publish()
         elif timer and self.command is not None:

@@ -4,7 +4,8 @@ Two ways to run a skill:
 - scripted: send `{"id", "skill"}` on `/taskweave/skill_request`, wait for the matching
   `/taskweave/skill_result` (the sim runs its scripted controller);
 - policy: name the skill on `/taskweave/current_skill` and watch `/taskweave/symbolic_state`
-  until the skill's postcondition holds for `settle_ticks` observations, or a timeout.
+  until the skill's postcondition holds for `settle_ticks` observations and, after a release,
+  the arm has lifted clear (as `policies.executor.SkillTracker` does), or a timeout.
 
 A physical scene cannot be restored: `snapshot()` returns a marker and `restore()` only logs, so a
 backtracking planner continues from the scene as it is. When the state names a registered task and
@@ -20,6 +21,7 @@ from typing import Callable, Optional
 
 from taskweave.envs.skill_check import skill_succeeded
 from taskweave.envs.symbolic import state_to_text
+from taskweave.policies.executor import RETREAT_TICKS, RETREAT_Z
 from taskweave.ros.state_json import symbolic_from_dict
 from taskweave.sim.skill_types import SkillCall, SkillResult
 
@@ -183,7 +185,7 @@ class RosSkillExecutor:
         seq0 = self.latest().get("seq")
         link.publish_current(str(call))
         t0 = time.monotonic()
-        held, last_count, silent_since = 0, link.state.count, None
+        held, seen, done_at, last_count, silent_since = 0, 0, None, link.state.count, None
         try:
             while True:
                 if link.stop.is_set():
@@ -206,9 +208,18 @@ class RosSkillExecutor:
                 else:
                     silent_since = None
                 ok = skill_succeeded(call, symbolic_from_dict(d), before)
-                held = held + 1 if ok else 0
-                if held >= self.settle_ticks:
-                    return SkillResult(True, None, f"{call}: postcondition holds", self._ticks(seq0))
+                seen += 1
+                tick = d["seq"] if isinstance(d.get("seq"), int) else seen   # control ticks, when the state says
+                if done_at is None:
+                    held = held + 1 if ok else 0
+                    if held >= self.settle_ticks:
+                        done_at = tick
+                if done_at is not None and (call.name == "pick" or float(d["robot"][2]) > RETREAT_Z
+                                            or tick - done_at >= RETREAT_TICKS):
+                    # as in policies.executor: after a release the policy lifts clear before the next skill
+                    if ok:
+                        return SkillResult(True, None, f"{call}: done by the policy", self._ticks(seq0))
+                    return SkillResult(False, "missed_target", f"{call}: undone while retreating", self._ticks(seq0))
         finally:
             link.publish_current("")
 

@@ -25,7 +25,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 
 from taskweave.envs import make_env
-from taskweave.envs.observation import SKILL_FEATURE_DIM, robot_features, skill_features
+from taskweave.envs.observation import SKILL_FEATURE_DIM, robot_features, skill_features, skill_text
 from taskweave.envs.skill_check import skill_succeeded
 from taskweave.envs.symbolic import state_to_text
 from taskweave.ros.common import (declare_params, fill_pose, make_pub, make_sub, run_single_node, wrap_angle,
@@ -33,11 +33,11 @@ from taskweave.ros.common import (declare_params, fill_pose, make_pub, make_sub,
 from taskweave.ros.params import SIM_PARAMETERS
 from taskweave.ros.state_json import encode_state, parse_skill, symbolic_to_dict
 from taskweave.sim.control import GRIPPER_OPEN_WIDTH, MAX_DPOS, MAX_DYAW
-
-GRIPPER_CLOSED_WIDTH = 0.001   # a commanded width at or below this closes the fingers with force
 from taskweave.sim.robot import ARM_JOINTS, FINGER_JOINTS
 from taskweave.sim.skill_types import SkillArgumentError, SkillResult
 from taskweave.sim.skills import make_skill, validate_call
+
+GRIPPER_CLOSED_WIDTH = 0.001   # a commanded width at or below this closes the fingers with force
 
 
 def width_to_grip(width: float) -> float:
@@ -51,16 +51,20 @@ class SimNode(Node):
     """Publishes the simulated robot and scene; follows TCP commands; runs scripted skills."""
 
     def __init__(self, context=None, parameter_overrides=None, cli_args=None, env=None):
-        """env: an already reset TaskEnv to wrap instead of building one from the parameters."""
+        """env: an already reset TaskEnv to wrap instead of building one from the parameters (it must not
+        have rendered yet: the physics thread owns the engine and its GL context)."""
         super().__init__("taskweave_sim", context=context, parameter_overrides=parameter_overrides or [],
                          cli_args=cli_args)
         p = self.params = declare_params(self, SIM_PARAMETERS)
         self.lock = threading.RLock()   # held while the physics ticks; readers in other threads take it
-        self.env = env if env is not None else make_env(p["task"], p["backend"], control="ee_delta", obs_mode="state",
-                                   control_hz=p["control_rate"], camera=p["camera"], max_steps=10**9)
         if env is None:
-            self.env.reset(seed=p["seed"])
-        self._own_env = env is None
+            env = make_env(p["task"], p["backend"], control="ee_delta", obs_mode="state",
+                           control_hz=p["control_rate"], camera=p["camera"], max_steps=10**9)
+            env.reset(seed=p["seed"])
+            self._own_env = True
+        else:
+            self._own_env = False
+        self.env = env
         self.pubs = {t: make_pub(self, t) for t in (
             "/joint_states", "/taskweave/object_poses", "/taskweave/ee_pose", "/taskweave/symbolic_state",
             "/taskweave/skill_result", "/taskweave/watchdog")}
@@ -76,15 +80,15 @@ class SimNode(Node):
         self.watchdog = "idle"
         self._last_wd_pub = 0.0
         self.skill = None             # running scripted skill
-        self.skill_req = None
+        self.skill_req, self.skill_before = None, None
         self.requests = []
         self.current = ""             # skill named on /taskweave/current_skill
         self.current_before = None
-        period = 1.0 / (p["control_rate"] * p["time_scale"])
-        self.timer = self.create_timer(period, self.tick)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="taskweave-sim", daemon=True)
+        self.thread.start()
         self.get_logger().info(f"sim: {p['task']} on {p['backend']} seed {p['seed']}, "
                                f"{p['control_rate']:g} Hz x{p['time_scale']:g}")
-        self.publish_state()
 
     # ---- inputs ----------------------------------------------------------------
     def _on_ee_command(self, msg) -> None:
@@ -115,6 +119,36 @@ class SimNode(Node):
                 self.current_before = self.env.symbolic_state()
 
     # ---- the control tick ------------------------------------------------------
+    def _run(self) -> None:
+        """The physics thread: every engine call (stepping, rendering) happens here, one tick per period.
+
+        EGL rendering contexts belong to one thread, so the sim cannot tick in executor callbacks.
+        """
+        period = 1.0 / (self.params["control_rate"] * self.params["time_scale"])
+        errors = 0
+        first = True
+        next_t = time.monotonic()
+        try:
+            while not self._stop.wait(max(0.0, next_t - time.monotonic())):
+                next_t = max(next_t + period, time.monotonic())   # an overrun drops ticks, never bursts
+                try:
+                    if first:
+                        with self.lock:
+                            self.publish_state()
+                        first = False
+                    else:
+                        self.tick()
+                except Exception as e:  # a bad tick must not end the loop silently, nor spam the log
+                    if not self.context.ok():
+                        return
+                    errors += 1
+                    if errors <= 3:
+                        self.get_logger().error(f"sim tick failed: {type(e).__name__}: {e}")
+        finally:
+            with self.lock:
+                if self._own_env:   # renderers must be released by the thread that made them
+                    self.env.close()
+
     def tick(self) -> None:
         """One control tick: scripted skill, command following or watchdog hold; then publish."""
         with self.lock:
@@ -177,7 +211,7 @@ class SimNode(Node):
         self.env.skill_count += 1
         result = self.skill.result
         self.skill, req = None, self.skill_req
-        self.target, self.last_cmd = None, None   # resume from here, never from an old command
+        self.target, self.last_cmd, self.grip_width = None, None, None   # never resume an old command
         self._set_watchdog("idle")
         self._result(req, result)
 
@@ -186,7 +220,7 @@ class SimNode(Node):
              "progress": self.env.progress(), "task_success": self.env.is_success()}
         call = parse_skill(d["skill"])
         if call is not None and result.failure not in ("invalid_args", "busy"):
-            d["postcondition"] = self.env.skill_succeeded(call, getattr(self, "skill_before", None))
+            d["postcondition"] = self.env.skill_succeeded(call, self.skill_before)
         self._publish_str("/taskweave/skill_result", encode_state(d))
 
     def _set_watchdog(self, state: str) -> None:
@@ -231,11 +265,13 @@ class SimNode(Node):
              "success": bool(env.task.success(st)),
              "robot": robot_features(b, env.controller.grip_closed),
              "ee_target": [*b.ee_target_pos, b.ee_target_yaw], "skill": self.current,
-             "skill_features": [0.0] * SKILL_FEATURE_DIM, "skill_succeeded": False, "busy": self.skill is not None,
+             "skill_features": [0.0] * SKILL_FEATURE_DIM, "skill_text": "",
+             "skill_succeeded": False, "busy": self.skill is not None,
              "watchdog": self._watchdog_dict(), "skill_count": env.skill_count}
         call = parse_skill(self.current)
         if call is not None:
             d["skill_features"] = skill_features(call, b, st)
+            d["skill_text"] = skill_text(call, st)
             try:
                 d["skill_succeeded"] = skill_succeeded(call, st, self.current_before)
             except (KeyError, IndexError, TypeError, ValueError):
@@ -257,11 +293,10 @@ class SimNode(Node):
         self.pubs[topic].publish(m)
 
     def close(self) -> None:
-        """Stop ticking and release the physics engine (if this node made it)."""
-        self.timer.cancel()
-        with self.lock:
-            if self._own_env:
-                self.env.close()
+        """Stop the physics thread and release the engine (if this node made it)."""
+        self._stop.set()
+        if self.thread is not threading.current_thread():
+            self.thread.join(timeout=5.0)
 
 
 def main(args=None) -> int:

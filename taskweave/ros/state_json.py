@@ -17,6 +17,7 @@ One `std_msgs/String` per control tick carrying a JSON object. Planners read the
     ee_target       [4]     commanded TCP target x, y, z, yaw (the reference for delta actions)
     skill           str     the skill the features were computed for ("" for none)
     skill_features  [16]    `envs.observation.skill_features` of that skill
+    skill_text      str     `envs.observation.skill_text` of that skill (the policy's conditioning)
     skill_succeeded bool    the skill's postcondition against the state when it started
     busy            bool    a scripted skill is running in the sim
     watchdog        {state, age}   see `sim_node` (idle | active | stale | skill)
@@ -33,7 +34,7 @@ from taskweave.envs.predicates import ObjectState, SymbolicState, ZoneState
 from taskweave.sim.skill_types import SkillCall, SkillSyntaxError
 
 STATE_FIELDS = ("stamp", "seq", "task", "seed", "backend", "instruction", "objects", "object_names", "zones",
-                "held", "facts", "text", "progress", "success", "robot", "ee_target", "skill", "skill_features",
+                "held", "facts", "text", "progress", "success", "robot", "ee_target", "skill", "skill_features", "skill_text",
                 "skill_succeeded", "busy", "watchdog")
 
 
