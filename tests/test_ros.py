@@ -262,6 +262,8 @@ def test_scripted_task_across_processes_with_documented_types(graph):
         assert (img.encoding, img.height, img.width, img.step, len(img.data)) == ("rgb8", 48, 48, 144, 48 * 48 * 3)
         state = graph.last_json("/taskweave/symbolic_state")
         assert len(graph.got["/taskweave/object_poses"][-1].poses) == len(state["object_names"])
+        from taskweave.ros.state_json import STATE_FIELDS
+        assert set(STATE_FIELDS) <= set(state), set(STATE_FIELDS) - set(state)
         assert state["success"] is True and len(state["robot"]) == 7 and len(state["skill_features"]) == 16
         q = graph.got["/taskweave/ee_pose"][-1].pose.orientation
         assert math.isclose(q.x ** 2 + q.y ** 2 + q.z ** 2 + q.w ** 2, 1.0, rel_tol=1e-3)
@@ -338,7 +340,8 @@ def test_sim_node_follows_absolute_tcp_targets(graph, backend):
     wait_until(lambda: graph.got["/taskweave/ee_pose"], 20, "the first ee pose")
     start = ee_xyz(graph.got["/taskweave/ee_pose"][-1])
     goal, yaw = start + np.array([0.05, -0.04, -0.06]), 0.4
-    pose_pub, grip_pub = make_pub(graph.probe, "/taskweave/ee_command"), make_pub(graph.probe, "/taskweave/gripper_command")
+    pose_pub = make_pub(graph.probe, "/taskweave/ee_command")
+    grip_pub = make_pub(graph.probe, "/taskweave/gripper_command")
     cmd = PoseStamped()
     cmd.header.frame_id = "world"
     cmd.pose.position.x, cmd.pose.position.y, cmd.pose.position.z = (float(v) for v in goal)

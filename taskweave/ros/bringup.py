@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from typing import Optional, Sequence
 
 from taskweave.ros.params import PLANNER_PARAMETERS, POLICY_PARAMETERS, SIM_PARAMETERS
@@ -127,12 +126,15 @@ def _run(args, rclpy, ctx) -> int:
 
 
 def _report(args, status: dict) -> int:
+    """Print the outcome; the exit code (1 when an instruction was run and failed)."""
     if args.json:
         print(json.dumps(status, indent=2, default=str))
     elif args.instruction is not None:
         for s in status.get("steps", []):
-            print(f"  {'ok  ' if s['success'] else 'FAIL'} {s['call']}" + ("" if s["success"] else f"  ({s['message']})"))
-        print(f"{status.get('state')}: {status.get('instruction')!r}" + (f" ({status['error']})" if status.get("error") else ""))
+            why = "" if s["success"] else f"  ({s['message']})"
+            print(f"  {'ok  ' if s['success'] else 'FAIL'} {s['call']}{why}")
+        err = f" ({status['error']})" if status.get("error") else ""
+        print(f"{status.get('state')}: {status.get('instruction')!r}{err}")
     if args.instruction is None:
         return 0
     return 0 if status.get("success") else 1

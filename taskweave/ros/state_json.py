@@ -20,7 +20,8 @@ One `std_msgs/String` per control tick carrying a JSON object. Planners read the
     skill_text      str     `envs.observation.skill_text` of that skill (the policy's conditioning)
     skill_succeeded bool    the skill's postcondition against the state when it started
     busy            bool    a scripted skill is running in the sim
-    watchdog        {state, age}   see `sim_node` (idle | active | stale | skill)
+    watchdog        {state, age, timeout}   see `sim_node` (idle | active | stale | skill)
+    skill_count     int     skills run so far this episode
 """
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ from taskweave.envs.predicates import ObjectState, SymbolicState, ZoneState
 from taskweave.sim.skill_types import SkillCall, SkillSyntaxError
 
 STATE_FIELDS = ("stamp", "seq", "task", "seed", "backend", "instruction", "objects", "object_names", "zones",
-                "held", "facts", "text", "progress", "success", "robot", "ee_target", "skill", "skill_features", "skill_text",
-                "skill_succeeded", "busy", "watchdog")
+                "held", "facts", "text", "progress", "success", "robot", "ee_target", "skill", "skill_features",
+                "skill_text", "skill_succeeded", "busy", "watchdog", "skill_count")
 
 
 def _floats(v) -> list:
