@@ -66,12 +66,16 @@ class Task:
 
     def oracle_plan(self, state: SymbolicState) -> list:
         """Skill calls that achieve the unsatisfied goals from this state, in goal order."""
+        pending = [g for g in self.goals if not evaluate(g, state)]
         plan = []
         if state.held:
-            plan += self._release(state)
-        for g in self.goals:
-            if evaluate(g, state):
-                continue
+            first = self.achieve(pending[0], state) if pending else []
+            if first and first[0] == SkillCall("pick", (state.held,)):
+                plan += first[1:]  # already in hand: go straight on with it
+                pending = pending[1:]
+            else:
+                plan += self._release(state)
+        for g in pending:
             plan += self.achieve(g, state)
         return plan
 
