@@ -65,6 +65,7 @@ class TaskEnv(gym.Env):
         self.events: list = []
         self._grasp_fail_armed = False
         self._loaded = False
+        self.tick_callbacks: list = []  # called with the env after every control tick (video capture)
 
     # ---- spaces ------------------------------------------------------------------------
     def _make_obs_space(self) -> spaces.Dict:
@@ -148,6 +149,8 @@ class TaskEnv(gym.Env):
             a = self._maybe_fail_grasp(a)
         self.controller.apply(a)
         self.steps += 1
+        for cb in self.tick_callbacks:
+            cb(self)
 
     def _maybe_fail_grasp(self, a: np.ndarray) -> np.ndarray:
         """An armed grasp failure opens the fingers once a held object is lifted."""

@@ -18,11 +18,12 @@ import math
 import os
 import sys
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-from taskweave.envs.gen_library import goal_signature, goals_from_data, scene_assets, scene_from_data, task_record
+from taskweave.envs.gen_library import goals_from_data, scene_from_data, task_record
 from taskweave.envs.gen_sandbox import run_sandboxed
 from taskweave.envs.gen_static import check_source
 from taskweave.envs.task import TaskError
@@ -152,7 +153,6 @@ def _inspect(source: str, seeds: list, rep: ValidationReport) -> bool:
     rep.task = task_record(name, desc, instruction, goals, spec, "candidate")
     rep.task["objects"] = [o.name for o in spec.objects] + [z.name for z in spec.zones]
     rep.task["stdout"] = res.stdout[-500:]
-    assert rep.task["signature"] == goal_signature(goals, spec) and rep.task["assets"] == scene_assets(spec)
     return True
 
 
@@ -170,10 +170,10 @@ def _oracle_one(source: str, backend: str, seeds: list) -> dict:
             continue
         rep = r.get("report") if isinstance(r.get("report"), dict) else {}
         fails = rep.get("failures") if isinstance(rep.get("failures"), list) else []
+        texts = [f"{f.get('skill')}: {f.get('failure')}: {f.get('message')}"[:300] for f in fails if isinstance(f, dict)]
         row = {"seed": r.get("seed"), "success": rep.get("success") is True,
                "progress": rep.get("progress") if type(rep.get("progress")) is float else 0.0,
-               "failures": [f"{f.get('skill')}: {f.get('failure')}: {f.get('message')}"[:300]
-                            for f in fails[:4] if isinstance(f, dict)]}
+               "failures": list(dict.fromkeys(texts))[:4]}
         if "error" in r:
             row["error"] = _error_text(r["error"])
             row["traceback"] = str((r["error"] or {}).get("traceback", ""))[-1500:] if isinstance(
@@ -187,7 +187,7 @@ def _oracle_reason(oracle: dict) -> tuple:
     bad = [b for b, o in oracle.items() if o["error"] or o["successes"] < o["required"]]
     if not bad:
         return "", ""
-    parts, details = [], []
+    parts, details, causes = [], [], Counter()
     for b in bad:
         o = oracle[b]
         if o["error"]:
@@ -198,10 +198,14 @@ def _oracle_reason(oracle: dict) -> tuple:
             if r["success"]:
                 continue
             why = r.get("error") or ("; ".join(r["failures"]) or f"goals not reached (progress {r['progress']:.2f})")
+            causes[r.get("error") or (r["failures"][0].split(": ", 1)[-1] if r["failures"] else "goals not reached")] += 1
             details.append(f"{b} seed {r['seed']}: {why}")
             if r.get("traceback"):
                 details.append(r["traceback"])
-    return "oracle " + "; ".join(parts), "\n".join(details)
+    reason = "; ".join(parts)
+    if causes:
+        reason += f"; most common failure: {causes.most_common(1)[0][0]}"
+    return reason, "\n".join(details)
 
 
 def validate_source(source: str, filename: str = "<task>", seeds: int = 4, backends=BACKENDS,

@@ -46,7 +46,6 @@ class SkillTracker:
             self.result = SkillResult(False, "timeout", f"{self.call}: policy did not finish in {self.max_ticks} "
                                       f"ticks", self.ticks)
         if self.result is not None:
-            env.skill_count += 1
             self.result.info["call"] = str(self.call)
         return self.result
 
@@ -57,16 +56,8 @@ class PolicySkillExecutor:
     def __init__(self, runner, task_id=0, max_ticks: int = 150) -> None:
         self.runner, self.task_id, self.max_ticks = runner, task_id, max_ticks
 
-    def __call__(self, env, call) -> SkillResult:
-        """Execute one skill with the policy; a bad call gives an invalid_args result."""
-        from taskweave.sim.skill_types import SkillArgumentError, SkillSyntaxError
-        from taskweave.sim.skills import validate_call
-        try:
-            call = call if isinstance(call, SkillCall) else SkillCall.parse(str(call))
-            validate_call(call, env.backend.spec)
-        except (SkillSyntaxError, SkillArgumentError) as e:
-            env.skill_count += 1
-            return SkillResult(False, "invalid_args", str(e), info={"call": str(call)})
+    def __call__(self, env, call: SkillCall) -> SkillResult:
+        """Execute one already-validated skill call with the policy (the caller counts skills)."""
         tr = SkillTracker(env, call, self.max_ticks)
         self.runner.reset([0])
         while True:

@@ -55,7 +55,7 @@ COMMANDS = (
      "train_main"),
     ("eval", "evaluate a policy checkpoint as the skill controller", "taskweave.policies.evaluate",
      "add_eval_arguments", "eval_main"),
-    ("plan", "run an LLM planner on a task", "taskweave.planning.runner", "add_plan_arguments", "plan_main"),
+    ("plan", "run an LLM planner on a task", "taskweave.wiring", "add_plan_arguments", "plan_main"),
     ("generate", "generate new tasks with an LLM (GenSim-style)", "taskweave.envs.gen_pipeline",
      "add_generate_arguments", "generate_main"),
     ("bringup", "run the ROS 2 node graph in one process", "taskweave.ros_bringup", "add_bringup_arguments",
