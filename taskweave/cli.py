@@ -58,7 +58,7 @@ COMMANDS = (
     ("plan", "run an LLM planner on a task", "taskweave.wiring", "add_plan_arguments", "plan_main"),
     ("generate", "generate new tasks with an LLM (GenSim-style)", "taskweave.envs.gen_pipeline",
      "add_generate_arguments", "generate_main"),
-    ("bringup", "run the ROS 2 node graph in one process", "taskweave.ros_bringup", "add_bringup_arguments",
+    ("bringup", "run the ROS 2 node graph in one process", "taskweave.ros.bringup", "add_bringup_arguments",
      "bringup_main"),
 )
 
