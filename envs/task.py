@@ -67,6 +67,7 @@ class Task:
     def oracle_plan(self, state: SymbolicState) -> list:
         """Skill calls that achieve the unsatisfied goals from this state, in goal order."""
         pending = [g for g in self.goals if not evaluate(g, state)]
+        self._reserved = []  # free spots promised to earlier steps of this plan
         plan = []
         if state.held:
             first = self.achieve(pending[0], state) if pending else []
@@ -99,13 +100,20 @@ class Task:
                 d -= o.symmetry
             return [SkillCall("rotate", (a, round(math.degrees(d), 1)))]
         if name == "on_table":
-            return [SkillCall("pick", (a,)), SkillCall("place", (a, free_spot(state, avoid=a)))]
+            return [SkillCall("pick", (a,)), SkillCall("place", (a, self._spot(state, a)))]
         if name == "holding":
             return [SkillCall("pick", (a,))]
         return []
 
+    def _spot(self, state: SymbolicState, avoid: str) -> tuple:
+        """A free table spot not promised to an earlier step of the plan being made."""
+        reserved = getattr(self, "_reserved", [])
+        spot = free_spot(state, avoid=avoid, reserved=reserved)
+        reserved.append(spot)
+        return spot
+
     def _release(self, state: SymbolicState) -> list:
-        return [SkillCall("place", (state.held, free_spot(state, avoid=state.held)))]
+        return [SkillCall("place", (state.held, self._spot(state, state.held)))]
 
     def info(self) -> dict:
         """Name, description and horizon for listings."""
@@ -113,18 +121,18 @@ class Task:
 
 
 # ---- helpers for building scenes ---------------------------------------------------------
-def free_spot(state: SymbolicState, avoid: str = "", clearance: float = 0.09) -> tuple:
-    """A deterministic (x, y) on the table away from every object and zone."""
-    others = [o.pos[:2] for o in state.objects.values() if o.name != avoid]
+def free_spot(state: SymbolicState, avoid: str = "", clearance: float = 0.09, reserved=()) -> tuple:
+    """A deterministic (x, y) on the table clear of every object, zone and reserved spot, near the centre."""
+    others = [o.pos[:2] for o in state.objects.values() if o.name != avoid and o.visible]
+    others += [np.asarray(r, dtype=float) for r in reserved]
     others += [np.array(z.center) for z in state.zones.values()]
-    best, best_d = (0.5, 0.0), -1.0
-    for x in np.linspace(TABLE_X[0], TABLE_X[1], 8):
-        for y in np.linspace(TABLE_Y[0], TABLE_Y[1], 11):
+    best, best_score = (0.5, 0.0), -np.inf
+    for x in np.linspace(0.38, 0.62, 9):
+        for y in np.linspace(-0.22, 0.22, 12):
             d = min((float(np.hypot(x - p[0], y - p[1])) for p in others), default=1.0)
-            if d >= clearance:
-                return (round(float(x), 3), round(float(y), 3))
-            if d > best_d:
-                best, best_d = (round(float(x), 3), round(float(y), 3)), d
+            score = min(d, clearance * 1.4) - 0.15 * float(np.hypot(x - 0.5, y)) - (1.0 if d < clearance else 0.0)
+            if score > best_score:
+                best, best_score = (round(float(x), 3), round(float(y), 3)), score
     return best
 
 
@@ -155,7 +163,7 @@ def block(name: str, color: str, xy, size: float = BLOCK, rng=None, z: float = 0
     return ObjectSpec(name, "box", (size, size, size), color, pos=(xy[0], xy[1], z + size), yaw=yaw, **kw)
 
 
-def bowl(name: str, color: str, xy, half: float = 0.055, height: float = 0.045) -> ObjectSpec:
+def bowl(name: str, color: str, xy, half: float = 0.065, height: float = 0.045) -> ObjectSpec:
     """An open container heavy enough to stay put."""
     return ObjectSpec(name, "container", (half, half, height), color, mass=1.0, pos=(xy[0], xy[1], height / 2),
                       category="container")

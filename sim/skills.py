@@ -72,6 +72,26 @@ def grasp_yaw(obj_yaw: float, size_x: float, size_y: float, prefer: float = 0.0)
     return min(options, key=lambda o: abs(_wrap(o - prefer)))
 
 
+def finger_clearance(b: Backend, xy, yaw: float, half_span: float, exclude=()) -> float:
+    """Smallest distance from either open fingertip at (xy, yaw) to another object's footprint."""
+    axis = np.array([-math.sin(yaw), math.cos(yaw)])
+    tips = [np.asarray(xy[:2]) + axis * half_span, np.asarray(xy[:2]) - axis * half_span]
+    best = 1.0
+    for o, pose in zip(b.spec.objects, b.object_poses()):
+        if o.name in exclude or o.shape == "container":
+            continue
+        r = max(o.footprint)
+        for t in tips:
+            best = min(best, float(np.linalg.norm(t - pose[:2])) - r)
+    return best
+
+
+def clear_yaw(b: Backend, xy, options, half_span: float, exclude=(), prefer: float = 0.0) -> float:
+    """Of equivalent gripper yaws, the one whose fingertips stay clear of neighbours (then nearest prefer)."""
+    return max(options, key=lambda y: (round(min(finger_clearance(b, xy, y, half_span, exclude), 0.03), 3),
+                                       -abs(_wrap(y - prefer))))
+
+
 class ScriptedSkill:
     """Runs one skill call as a closed-loop generator of actions; `result` is set when done."""
 
@@ -158,6 +178,10 @@ class ScriptedSkill:
             yaw = grasp_yaw(quat_yaw(quat), sx, sy, prefer=-yaw_offset)
             if yaw is None:
                 return self._fail("grasp_failed", f"{name} is wider than the gripper opening"), 0.0
+            if yaw_offset == 0.0:
+                step = math.pi / 2 if abs(sx - sy) < 1e-6 else math.pi
+                opts = [v for v in (_wrap(yaw + k * step) for k in range(4)) if abs(v) <= YAW_LIMIT - 0.3]
+                yaw = clear_yaw(b, pos, opts or [yaw], 0.045, exclude=(name,), prefer=yaw)
         hh = o.half_height
         top = pos[2] + hh
         grasp_z = max(top - min(0.025, hh), 0.012)
@@ -244,6 +268,11 @@ class ScriptedSkill:
             options = [v for v in options if abs(v) <= YAW_LIMIT]
             if options:
                 yaw = min(options, key=lambda v: abs(_wrap(v - yaw)))
+        elif o.shape == "box":
+            step = math.pi / 2 if abs(o.footprint[0] - o.footprint[1]) < 1e-6 else math.pi
+            opts = [v for v in (_wrap(yaw + k * step) for k in range(4)) if abs(v) <= YAW_LIMIT - 0.3]
+            span = 2 * min(o.footprint) + 0.03
+            yaw = clear_yaw(b, (x, y), opts or [yaw], span / 2 + 0.01, exclude=(name,), prefer=yaw)
         carry = max(CARRY_Z, surf + o.half_height * 2 - offset + 0.06)
         yield from self._move(b, [ee[0], ee[1], carry], b.ee_target_yaw, tol=0.02, ticks=20)
         if not (yield from self._move(b, [x, y, carry], yaw, tol=0.01, ticks=60)):

@@ -45,7 +45,8 @@ class StackPyramid(Task):
 
     def build(self, rng):
         lay = Layout(rng)
-        c = lay.spot(0.08)
+        c = (float(rng.uniform(0.44, 0.56)), float(rng.uniform(-0.12, 0.12)))
+        lay.reserve(c, 0.09)
         zs = [zone("pyramid_zone", "gray", c, half=0.07)]
         cs = pick_colors(rng, 3)
         objs = [block(f"{k}_block", k, lay.spot(), rng=rng) for k in cs]
