@@ -14,7 +14,7 @@ class BlockInBowl(Task):
     def build(self, rng):
         lay = Layout(rng)
         cb, cd, cw, cw2 = pick_colors(rng, 4)
-        objs = [bowl(f"{cw}_bowl", cw, lay.spot(0.06)), bowl(f"{cw2}_bowl", cw2, lay.spot(0.06)),
+        objs = [bowl(f"{cw}_bowl", cw, lay.spot(0.09)), bowl(f"{cw2}_bowl", cw2, lay.spot(0.09)),
                 block(f"{cb}_block", cb, lay.spot(), rng=rng), block(f"{cd}_block", cd, lay.spot(), rng=rng)]
         self.instruction = f"put the {cb} block in the {cw} bowl"
         self.goals = [P("inside", f"{cb}_block", f"{cw}_bowl")]
@@ -48,7 +48,7 @@ class AllColorBlocksInBowl(Task):
         lay = Layout(rng)
         c, d, cw = pick_colors(rng, 3)
         n = int(rng.integers(2, 4))
-        objs = [bowl(f"{cw}_bowl", cw, lay.spot(0.06), half=0.065)]
+        objs = [bowl(f"{cw}_bowl", cw, lay.spot(0.09), half=0.07)]
         objs += [block(f"{c}_block_{i + 1}", c, lay.spot(), rng=rng) for i in range(n)]
         objs += [block(f"{d}_block_{i + 1}", d, lay.spot(), rng=rng) for i in range(2)]
         self.instruction = f"put every {c} block in the {cw} bowl"
