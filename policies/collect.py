@@ -110,7 +110,7 @@ def collect(tasks: list, episodes: int, backend: str, out: str, val_episodes: Op
     try:
         for task in tasks:
             for split in SPLITS:
-                have = sum(1 for e in writer._state["episodes"] if e["task"] == task and e["split"] == split)
+                have = sum(1 for e in writer.episodes if e["task"] == task and e["split"] == split)
                 stats["skipped_existing"] += have
                 bar.update(min(have, want[split]))
                 todo = [s for s in split_seeds(split, want[split]) if not writer.has_episode(task, s)]

@@ -75,13 +75,16 @@ class DatasetWriter:
                 self._task_id(t)
             self._truncate_uncommitted()
         else:
+            if os.path.exists(self.zarr_path):
+                raise DatasetError(f"{self.zarr_path}: exists without {self.progress_path}; refusing to overwrite "
+                                   "a store this writer did not create")
             self._state = {"format_version": FORMAT_VERSION, "backend": backend, "control_hz": control_hz,
                            "tasks": [], "skills": [], "episodes": [], "state_dim": None, "action_dim": None,
                            "rgb_shape": None, "num_steps": 0, "num_segments": 0, "extra": extra or {}}
-            self._root = zarr.open_group(self.zarr_path, mode="w")
             for t in tasks:
                 self._task_id(t)
-            self._commit()
+            self._commit()  # before the store exists, so a crash here leaves a resumable folder
+            self._root = zarr.open_group(self.zarr_path, mode="w")
         self._done = {(e["task"], e["seed"]) for e in self._state["episodes"]}
 
     # -- bookkeeping
@@ -145,6 +148,11 @@ class DatasetWriter:
     def num_episodes(self) -> int:
         """Number of committed episodes."""
         return len(self._state["episodes"])
+
+    @property
+    def episodes(self) -> list[dict]:
+        """Committed episodes (task, seed, split, length, ...), oldest first; a copy."""
+        return [dict(e) for e in self._state["episodes"]]
 
     def has_episode(self, task: str, seed: int) -> bool:
         """Whether an episode of task with this seed is already stored."""

@@ -314,7 +314,7 @@ class DiffusionPolicy(nn.Module):
         cond = self.global_condition(batch)
         shape = (cond.shape[0], cfg.pred_horizon, cfg.action_dim)
         x = torch.randn(shape, generator=generator, device="cpu" if generator is not None else device)
-        x = x.to(device=device, dtype=cond.dtype)
+        x = x.to(device)  # float32 even under autocast: only the network runs in reduced precision
         sched.set_timesteps(steps)  # CPU timesteps index the CPU schedule tables
         kw = {"generator": generator} if sampler == "ddpm" else {}
         for t in sched.timesteps:

@@ -159,6 +159,8 @@ def train(data_dir: str, out_dir: str, config: Optional[DiffusionConfig] = None,
     rank, world, local_rank = _dist_env()
     dev = resolve_device(device, local_rank)
     own_group = False
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)
         own_group = True
@@ -192,6 +194,10 @@ def train(data_dir: str, out_dir: str, config: Optional[DiffusionConfig] = None,
                 ema.to(dev)
             start = ckpt["step"]
             log(f"resumed {ckpt_path} at step {start}")
+            if is_main:
+                _trim_metrics(os.path.join(out_dir, "metrics.jsonl"), start)
+        elif resume:
+            log(f"{out_dir}: no checkpoint yet, starting at step 0 with the saved config")
         if is_main:
             os.makedirs(out_dir, exist_ok=True)
             cfg.save(os.path.join(out_dir, "config.json"))  # rewritten on resume: steps may have grown
@@ -217,6 +223,23 @@ def train(data_dir: str, out_dir: str, config: Optional[DiffusionConfig] = None,
     finally:
         if own_group and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _trim_metrics(path: str, step: int) -> None:
+    """Drop metric records past step (logged after the checkpoint a resumed run restarts from)."""
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as fh:
+        lines = [ln for ln in fh if ln.strip()]
+    keep = []
+    for ln in lines:
+        try:
+            if json.loads(ln)["step"] <= step:
+                keep.append(ln)
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn last line from the crash
+    if len(keep) != len(lines):
+        atomic_write_text(path, "".join(keep))
 
 
 def _loop(cfg, policy, model, optimizer, lr_sched, ema, batches, dev, out_dir, start, ds, world, is_main,
@@ -285,9 +308,8 @@ def _loop(cfg, policy, model, optimizer, lr_sched, ema, batches, dev, out_dir, s
                        checkpoint=last_ckpt, policy=policy)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command-line entry (taskweave train): parse flags, train, return an exit code."""
-    ap = argparse.ArgumentParser(prog="taskweave train", description="Train the multitask diffusion policy.")
+def add_train_arguments(ap: argparse.ArgumentParser) -> None:
+    """Flags of `taskweave train`."""
     ap.add_argument("--data", required=True, help="dataset folder (meta.json + data.zarr)")
     ap.add_argument("--out", required=True, help="run folder (config, metrics, checkpoints)")
     ap.add_argument("--config", help="JSON file of DiffusionConfig fields")
@@ -296,7 +318,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--batch-size", type=int, help="batch size per process (overrides the config)")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = ap.parse_args(argv)
+
+
+def train_main(args) -> int:
+    """Run `taskweave train` from parsed flags; returns an exit code."""
     try:
         cfg = DiffusionConfig.load(args.config) if args.config else None
         res = train(args.data, args.out, cfg, device=args.device, steps=args.steps, batch_size=args.batch_size,
@@ -307,6 +332,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"done: step {res.step}, loss {res.loss:.4f}, checkpoint {res.checkpoint}")
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry (taskweave train, or torchrun -m taskweave.policies.train): parse flags, train."""
+    ap = argparse.ArgumentParser(prog="taskweave train", description="Train the multitask diffusion policy.")
+    add_train_arguments(ap)
+    return train_main(ap.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ COMMANDS = (
      "add_demo_arguments", "demo_main"),
     ("collect", "record oracle demonstrations", "taskweave.policies.collect", "add_collect_arguments",
      "collect_main"),
-    ("train", "train the multitask diffusion policy", "taskweave.policies.train_cli", "add_train_arguments",
+    ("train", "train the multitask diffusion policy", "taskweave.policies.train", "add_train_arguments",
      "train_main"),
     ("eval", "evaluate a policy checkpoint as the skill controller", "taskweave.policies.evaluate",
      "add_eval_arguments", "eval_main"),

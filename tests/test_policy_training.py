@@ -144,6 +144,7 @@ def test_writer_resume_skips_seeds_and_drops_uncommitted_rows(tmp_path):
     del w
     w = DatasetWriter(str(tmp_path))
     assert w.num_episodes == 2 and w.has_episode("stack", 0) and not w.has_episode("stack", 2)
+    assert [(e["task"], e["seed"], e["split"]) for e in w.episodes] == [("stack", 0, "train"), ("sort", 1, "val")]
     state, action, skills, _ = demo_episode(0)
     assert w.add_episode("stack", 0, state, action, skills) is False  # already there
     state, action, skills, _ = demo_episode(2)
@@ -152,6 +153,10 @@ def test_writer_resume_skips_seeds_and_drops_uncommitted_rows(tmp_path):
     ds = DemoDataset(str(tmp_path), None)
     assert ds.state.shape == (102, 11) and [e["seed"] for e in ds.meta["episodes"]] == [0, 1, 2]
     assert np.array_equal(ds.state[68:], state), "the crashed rows were dropped before appending"
+    os.remove(tmp_path / "progress.json")
+    with pytest.raises(DatasetError, match="refusing to overwrite"):
+        DatasetWriter(str(tmp_path))
+    assert DemoDataset(str(tmp_path), None).state.shape == (102, 11), "the existing store was left alone"
 
 
 def test_finalize_is_atomic(tmp_path, monkeypatch):
@@ -222,6 +227,8 @@ def test_resume_continues_at_the_same_step(demo_dir, tmp_path):
     train(demo_dir, out, cfg, device="cpu", progress=False)
     with pytest.raises(TrainError, match="--resume"):
         train(demo_dir, out, cfg, device="cpu", progress=False)
+    with open(os.path.join(out, "metrics.jsonl"), "a") as fh:  # logged after the last checkpoint, then a crash
+        fh.write(json.dumps({"step": 5, "loss": 9.0}) + "\n" + '{"step": 6, "lo')
     res = train(demo_dir, out, None, device="cpu", steps=7, resume=True, progress=False)
     assert res.step == 7
     steps = [json.loads(line)["step"] for line in open(os.path.join(out, "metrics.jsonl"))]
