@@ -158,7 +158,6 @@ def test_knock_perturbation_breaks_a_stack():
 def test_remove_hides_object_from_text():
     env = make_env("BlockInBowl", "mujoco", control="skill", perturbations="remove@0")
     env.reset(seed=1)
-    plan = env.oracle_plan()
     env.before_skill()
     removed = env.events[0]["event"].split()[1]
     assert removed not in env.text_observation().split("Relations")[0]
