@@ -200,12 +200,9 @@ class TaskEnv(gym.Env):
         recorder(obs, action, call), when given, is called before every control tick (demonstrations).
         """
         self._require_loaded()
-        try:
-            call = call if isinstance(call, SkillCall) else SkillCall.parse(str(call))
-            validate_call(call, self.backend.spec)
-        except (SkillSyntaxError, SkillArgumentError) as e:
-            self.skill_count += 1
-            return SkillResult(False, "invalid_args", str(e), info={"call": str(call)})
+        call = self.check_call(call)
+        if isinstance(call, SkillResult):
+            return call
         self.before_skill()
         skill = make_skill(call, self.backend, max_ticks=self.skill_max_ticks)
         while True:
@@ -219,6 +216,16 @@ class TaskEnv(gym.Env):
         result = skill.result
         result.info["call"] = str(call)
         return result
+
+    def check_call(self, call):
+        """The call as a valid SkillCall for this scene, or (counted as a skill) an invalid_args result."""
+        try:
+            call = call if isinstance(call, SkillCall) else SkillCall.parse(str(call))
+            validate_call(call, self.backend.spec)
+            return call
+        except (SkillSyntaxError, SkillArgumentError) as e:
+            self.skill_count += 1
+            return SkillResult(False, "invalid_args", str(e), info={"call": str(call)})
 
     def before_skill(self) -> None:
         """Fire perturbations scheduled before the current skill index (executors call this)."""

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from taskweave.sim.skill_types import SkillArgumentError, SkillCall, SkillResult, SkillSyntaxError
-from taskweave.sim.skills import validate_call
+from taskweave.sim.skill_types import SkillCall, SkillResult
 
 RunSkill = Callable[[Any, SkillCall], SkillResult]
 
@@ -122,12 +121,9 @@ class CallbackSkillExecutor(EnvSkillExecutor):
     def execute(self, call: SkillCall) -> SkillResult:
         """Check the call, fire due perturbations, run the skill through the callback and count it."""
         env = self.env
-        try:
-            call = call if isinstance(call, SkillCall) else SkillCall.parse(str(call))
-            validate_call(call, env.backend.spec)
-        except (SkillSyntaxError, SkillArgumentError) as e:
-            env.skill_count += 1
-            return SkillResult(False, "invalid_args", str(e), info={"call": str(call)})
+        call = env.check_call(call)
+        if isinstance(call, SkillResult):
+            return call
         env.before_skill()
         result = self.run_skill(env, call)
         env.skill_count += 1

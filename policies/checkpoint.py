@@ -6,13 +6,12 @@ over every tensor, so a truncated or bit-flipped file raises CheckpointError nam
 from __future__ import annotations
 
 import os
-import tempfile
 import zlib
 from typing import Any, Optional
 
 import torch
 
-from .configuration_diffusion import ConfigError, DiffusionConfig
+from .configuration_diffusion import ConfigError, DiffusionConfig, atomic_write
 from .modeling_diffusion import DiffusionPolicy
 
 CHECKPOINT_FORMAT = "taskweave-diffusion-policy"
@@ -69,19 +68,7 @@ def save_checkpoint(path: str, policy: DiffusionPolicy, *, step: int, skills: li
         "extra": extra or {},
     }
     payload["checksum"] = _tensor_crc(payload)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda fh: torch.save(payload, fh), binary=True)
     return path
 
 

@@ -225,14 +225,14 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     return value
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    """Write text to path atomically: temp file in the same folder, fsync, os.replace."""
+def atomic_write(path: str, write, binary: bool = False) -> None:
+    """Call write(file) on a temp file in path's folder, fsync, then os.replace it onto path."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -240,3 +240,8 @@ def atomic_write_text(path: str, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write text to path atomically: temp file in the same folder, fsync, os.replace."""
+    atomic_write(path, lambda fh: fh.write(text))
