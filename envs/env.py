@@ -8,7 +8,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from taskweave.envs.observation import MAX_OBJECTS, ROBOT_DIM, robot_features, skill_features, skill_text
+from taskweave.envs.observation import (MAX_OBJECTS, ROBOT_DIM, policy_state, robot_features, skill_features,
+                                         skill_text)
 from taskweave.envs.perturb import Perturbation, apply_perturbation, parse_perturbations
 from taskweave.envs.registry import get_task
 from taskweave.envs.skill_check import skill_succeeded
@@ -281,8 +282,8 @@ class TaskEnv(gym.Env):
         return skill_text(call, self.symbolic_state())
 
     def policy_state(self, call) -> np.ndarray:
-        """The policy's state vector for a skill: robot features then skill features."""
-        return np.concatenate([self._state_obs()["robot"], self.skill_features(call)]).astype(np.float32)
+        """The policy's state vector for a skill (see taskweave.envs.observation.policy_state)."""
+        return policy_state(self._state_obs()["robot"], self.skill_features(call))
 
     def skill_succeeded(self, call, before=None) -> bool:
         """Whether the skill's postcondition holds now (before: the state when it started)."""

@@ -11,6 +11,8 @@ from taskweave.sim.skill_types import SKILLS, SkillCall
 MAX_OBJECTS = 10
 ROBOT_DIM = 7
 SKILL_FEATURE_DIM = 16
+RELATIVE_DIM = 6
+POLICY_STATE_DIM = ROBOT_DIM + SKILL_FEATURE_DIM + RELATIVE_DIM  # 29
 TARGET_KINDS = {"none": 0.0, "object": 1.0, "container": 2.0, "zone": 3.0, "pose": 4.0}
 
 
@@ -74,3 +76,14 @@ def skill_text(call: SkillCall, state) -> str:
         else:
             parts.append("unknown")
     return f"{call.name}({', '.join(parts)})"
+
+
+def policy_state(robot, skill_feat) -> np.ndarray:
+    """The policy's state: robot (7), skill features (16), then object - TCP and target - TCP (6).
+
+    Checkpoints trained on a shorter prefix of this layout read state[:state_dim].
+    """
+    robot = np.asarray(robot, dtype=np.float32)
+    skill_feat = np.asarray(skill_feat, dtype=np.float32)
+    rel = np.concatenate([skill_feat[0:3] - robot[0:3], skill_feat[6:9] - robot[0:3]])
+    return np.concatenate([robot, skill_feat, rel]).astype(np.float32)

@@ -10,6 +10,7 @@ from typing import Optional
 import numpy as np
 from tqdm import tqdm
 
+from taskweave.envs.observation import policy_state
 from taskweave.policies.dataset import DatasetWriter
 
 # Disjoint seed ranges per split (GenSim keeps train and test seeds apart in the same way).
@@ -22,11 +23,6 @@ def split_seeds(split: str, n: int, attempts_factor: int = 3) -> list:
     """Candidate seeds of a split (more than n, since failed episodes are skipped)."""
     base = SPLIT_SEED_BASE[split]
     return list(range(base, base + max(n * attempts_factor, n + 5)))
-
-
-def policy_state(robot: np.ndarray, skill_feat: np.ndarray) -> np.ndarray:
-    """The policy's state vector: robot features followed by skill features."""
-    return np.concatenate([np.asarray(robot, dtype=np.float32), np.asarray(skill_feat, dtype=np.float32)])
 
 
 def record_episode(task: str, backend: str, seed: int, rgb_size: int = 0) -> Optional[dict]:
@@ -102,7 +98,7 @@ def collect(tasks: list, episodes: int, backend: str, out: str, val_episodes: Op
     val = episodes // 10 if val_episodes is None else val_episodes
     want = {"train": episodes, "val": val, "test": test_episodes}
     writer = DatasetWriter(out, tasks=tasks, backend=backend, control_hz=10.0,
-                           extra={"seed_bases": SPLIT_SEED_BASE, "state_layout": "robot(7) + skill_features(16)"})
+                           extra={"seed_bases": SPLIT_SEED_BASE, "state_layout": "robot(7) + skill_features(16) + object-TCP(3) + target-TCP(3)"})
     stats = {"attempted": 0, "kept": 0, "failed": 0, "skipped_existing": 0}
     total = sum(want.values()) * len(tasks)
     bar = tqdm(total=total, desc=f"collect [{backend}]", unit="ep", file=sys.stderr, disable=not progress or None)

@@ -23,9 +23,9 @@ class SkillTracker:
         self.done_at: Optional[int] = None
         self.result: Optional[SkillResult] = None
 
-    def state(self) -> np.ndarray:
-        """The policy's state vector for this skill now."""
-        return self.env.policy_state(self.call)
+    def state(self, dim: Optional[int] = None) -> np.ndarray:
+        """The policy's state vector for this skill now (its first dim entries when given)."""
+        return self.env.policy_state(self.call)[:dim]
 
     def step(self, action) -> Optional[SkillResult]:
         """Apply one action; return the result once the skill is over."""
@@ -61,7 +61,8 @@ class PolicySkillExecutor:
         tr = SkillTracker(env, call, self.max_ticks)
         self.runner.reset([0])
         while True:
-            a = self.runner.act({"state": tr.state()[None]}, [tr.text], [self.task_id])[0]
+            a = self.runner.act({"state": tr.state(self.runner.config.state_dim)[None]}, [tr.text],
+                                [self.task_id])[0]
             res = tr.step(a)
             if res is not None:
                 return res
@@ -88,7 +89,7 @@ def run_policy_episodes(envs: Sequence, seeds: Sequence[int], runner, task_ids: 
             start(i)
     dim = runner.config.state_dim
     while any(active):
-        states = np.stack([trackers[i].state() if active[i] else np.zeros(dim, np.float32) for i in range(n)])
+        states = np.stack([trackers[i].state(dim) if active[i] else np.zeros(dim, np.float32) for i in range(n)])
         texts = [trackers[i].text if active[i] else "idle" for i in range(n)]
         acts = runner.act({"state": states}, texts, list(task_ids))
         if frames is not None and active[0]:

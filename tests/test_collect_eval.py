@@ -10,7 +10,7 @@ from taskweave.policies.collect import SPLIT_SEED_BASE, collect, record_episode
 def test_record_episode_is_a_successful_demo():
     ep = record_episode("BlockInBowl", "mujoco", 3)
     assert ep is not None
-    assert ep["state"].shape[1] == 23 and ep["action"].shape[1] == 5
+    assert ep["state"].shape[1] == 29 and ep["action"].shape[1] == 5
     assert len(ep["skills"]) == ep["state"].shape[0] == sum(ep["segment_lengths"])
     assert set(ep["skills"]) == {"pick(block)", "place(block, container)"}
     assert np.abs(ep["action"]).max() <= 1.0

@@ -78,7 +78,8 @@ def checkpoint_policy_fn(path: str, device: str = "auto", task: str = "", use_em
         feats, text = observation_skill(obs, skill)
         name = task or obs.get("task") or ""
         task_id = name if name in runner.tasks else 0
-        return runner.act({"state": policy_state(obs, feats)[None]}, [text], [task_id])[0]
+        state = policy_state(obs, feats)[: runner.config.state_dim]  # older checkpoints read a prefix
+        return runner.act({"state": state[None]}, [text], [task_id])[0]
 
     policy_fn.reset = runner.reset
     policy_fn.runner = runner

@@ -104,7 +104,8 @@ def parse_skill(text: str) -> Optional[SkillCall]:
 
 
 def policy_state(obs: dict, skill_feats=None) -> np.ndarray:
-    """The policy's state vector: robot features (7) then skill features (16), as in the demonstrations."""
+    """The policy's state vector, laid out as in the demonstrations (envs.observation.policy_state)."""
+    from taskweave.envs.observation import policy_state as layout
     robot = np.asarray(obs["robot"], dtype=np.float32).reshape(-1)
     feats = np.asarray(obs["skill_features"] if skill_feats is None else skill_feats, dtype=np.float32).reshape(-1)
-    return np.concatenate([robot, feats]).astype(np.float32)
+    return layout(robot, feats)
