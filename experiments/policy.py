@@ -97,6 +97,7 @@ def main(argv=None) -> int:
     ap.add_argument("--report", action="store_true", help="only rebuild the report")
     ap.add_argument("--note", default="")
     ap.add_argument("--out", default="docs/results/policy.md")
+    ap.add_argument("--export", default="", help="also write the multitask policy here (e.g. the shipped asset)")
     args = ap.parse_args(argv)
     plan = steps(args.work, args.episodes, args.eval_episodes, args.backend)
     if not args.report:
@@ -106,6 +107,10 @@ def main(argv=None) -> int:
                 continue
             print(f"run: {shlex.join(cmd)}", flush=True)
             subprocess.run(cmd, check=True)
+    if args.export:
+        from taskweave.policies.checkpoint import export_policy
+        path = export_policy(os.path.join(args.work, "runs", "multi6"), args.export)
+        print(f"exported the multitask policy to {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
     print(report(args.work, plan, args.out, args.note))
     return 0
 

@@ -130,3 +130,10 @@ def load_policy(path: str, device: str | torch.device = "cpu", use_ema: bool = T
         copy_ema_into(policy, ckpt["ema"], ckpt["path"])
     policy.skills, policy.tasks, policy.step = list(ckpt["skills"]), list(ckpt["tasks"]), ckpt["step"]
     return policy.to(device).eval()
+
+
+def export_policy(src: str, dst: str, use_ema: bool = True) -> str:
+    """Write a small inference-only checkpoint (EMA weights, config, stats, vocabularies) from a run."""
+    policy = load_policy(src, "cpu", use_ema=use_ema)
+    return save_checkpoint(dst, policy, step=policy.step, skills=policy.skills, tasks=policy.tasks,
+                           extra={"exported_from": os.path.abspath(src), "ema": use_ema})

@@ -295,3 +295,26 @@ def test_corrupt_checkpoints_raise_error_naming_the_file(tmp_path):
     with pytest.raises(CheckpointError, match="emptydir"):
         os.makedirs(tmp_path / "emptydir")
         load_checkpoint(str(tmp_path / "emptydir"))
+
+
+def test_export_keeps_the_ema_policy_and_drops_training_state(tmp_path):
+    """An exported checkpoint predicts exactly like the EMA policy it came from, without optimizer state."""
+    import torch
+    from taskweave.policies.checkpoint import export_policy, load_checkpoint, load_policy, save_checkpoint
+    from taskweave.policies.configuration_diffusion import DiffusionConfig
+    from taskweave.policies.modeling_diffusion import DiffusionPolicy
+
+    cfg = DiffusionConfig(down_dims=(16, 32), diffusion_step_embed_dim=16, state_dim=4, action_dim=2, num_tasks=1,
+                          num_skills=1, state_feature_dim=16, state_hidden_dim=16).validate()
+    policy = DiffusionPolicy(cfg)
+    opt = torch.optim.AdamW(policy.parameters())
+    src = save_checkpoint(str(tmp_path / "full.pt"), policy, step=7, skills=["pick(block)"], tasks=["T"],
+                          optimizer=opt)
+    dst = export_policy(src, str(tmp_path / "small.pt"), use_ema=False)
+    assert load_checkpoint(dst)["optimizer"] is None
+    a, b = load_policy(src), load_policy(dst)
+    batch = {"state": torch.zeros(1, cfg.obs_horizon, 4), "skill_id": torch.zeros(1, dtype=torch.long),
+             "task_id": torch.zeros(1, dtype=torch.long)}
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    torch.testing.assert_close(a.predict_action_chunk(batch, generator=g1), b.predict_action_chunk(batch, generator=g2))
+    assert b.step == 7 and b.skills == ["pick(block)"]
