@@ -191,8 +191,10 @@ class ScriptedSkill:
         pos, _ = b.object_pose(name)  # re-aim on the object's current position
         if not (yield from self._move(b, [pos[0], pos[1], grasp_z], yaw, tol=0.006, max_step=0.02, ticks=40)):
             ee, _ = b.ee_pose()
-            kind = "collision" if ee[2] - grasp_z > 0.02 else "timeout"
-            return self._fail(kind, f"could not descend to {name} (TCP stopped {ee[2] - grasp_z:.3f} m above)"), yaw
+            if ee[2] - grasp_z > 0.012:  # stopped well above: blocked by something
+                kind = "collision" if ee[2] - grasp_z > 0.02 else "timeout"
+                return self._fail(kind, f"could not descend to {name} (TCP stopped {ee[2] - grasp_z:.3f} m above)"), yaw
+            # a few millimetres short (fingertips on a neighbour or the table): grasp a little higher
         yield from self._gripper(b, True, 6)
         if b.gripper_width() < 0.004:
             return self._fail("grasp_failed", f"fingers closed on nothing where {name} was"), yaw

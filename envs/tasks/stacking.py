@@ -54,8 +54,9 @@ class StackPyramid(Task):
         left, right = (c[0], c[1] - gap / 2), (c[0], c[1] + gap / 2)
         self.instruction = (f"build a pyramid in the gray zone: the {cs[0]} and {cs[1]} blocks side by side, "
                             f"the {cs[2]} block on top")
-        self.goals = [P("at", f"{cs[0]}_block", (*left, BLOCK), 0.02), P("at", f"{cs[1]}_block", (*right, BLOCK), 0.02),
-                      P("at", f"{cs[2]}_block", (c[0], c[1], 3 * BLOCK + 0.002), 0.02)]
+        tol = 0.03  # the place skill's own tolerance for pose targets
+        self.goals = [P("at", f"{cs[0]}_block", (*left, BLOCK), tol), P("at", f"{cs[1]}_block", (*right, BLOCK), tol),
+                      P("at", f"{cs[2]}_block", (c[0], c[1], 3 * BLOCK + 0.002), tol)]
         return SceneSpec(objects=objs, zones=zs)
 
 
