@@ -39,6 +39,12 @@ def steps(work: str, episodes: int, eval_episodes: int, backend: str) -> list:
                                              "--config", CONFIG, "--device", "cpu"]),
         (f"{r}/single/checkpoints/last.pt", ["taskweave", "train", "--data", f"{d}/single", "--out", f"{r}/single",
                                              "--config", CONFIG, "--device", "cpu"]),
+        (f"{r}/multi6/checkpoints/step_0008000.pt", ["taskweave", "train", "--data", f"{d}/multi6", "--out",
+                                                     f"{r}/multi6", "--config", CONFIG, "--device", "cpu",
+                                                     "--steps", "8000", "--resume"]),
+        (f"{r}/single/checkpoints/step_0008000.pt", ["taskweave", "train", "--data", f"{d}/single", "--out",
+                                                     f"{r}/single", "--config", CONFIG, "--device", "cpu",
+                                                     "--steps", "8000", "--resume"]),
         (f"{ev}/multi6/eval.json", ["taskweave", "eval", "--checkpoint", f"{r}/multi6", "--tasks", ",".join(TASKS),
                                     "--episodes", str(eval_episodes), "--out", f"{ev}/multi6", *common]),
         (f"{ev}/single/eval.json", ["taskweave", "eval", "--checkpoint", f"{r}/single", "--tasks", SINGLE,
@@ -54,7 +60,8 @@ def report(work: str, plan: list, out: str, note: str) -> str:
     cfg = json.load(open(os.path.join(work, "runs", "multi6", "config.json")))
     lines = ["# Multitask diffusion policy", "",
              f"State-based diffusion policy (ConditionalUnet1D, down dims {cfg.get('down_dims')}, "
-             f"{cfg.get('steps')} steps at batch {cfg.get('batch_size')}, DDIM-{cfg.get('num_inference_steps')} "
+             f"{cfg.get('steps')} steps at batch {cfg.get('batch_size')} (a 4000-step run resumed to 8000), "
+             f"DDIM-{cfg.get('num_inference_steps')} "
              f"sampling, EMA) trained from oracle demonstrations on CPU (no GPU was lent), evaluated as the "
              f"controller of each task's oracle skill sequence on held-out test seeds (20,000,000 and up; "
              f"training seeds start at 0). Backend: {multi['backend']}. {note}", "",
