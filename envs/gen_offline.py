@@ -7,7 +7,8 @@ placing beside, turning a bar) -- into new task modules, deterministically for a
 exercise the pipeline honestly, a configurable share of drafts is flawed the way LLM drafts
 are (a goal naming a missing object, an object too wide to grasp, a zone out of reach, a
 forbidden import, a syntax error, a non-deterministic build) and a share of proposals are
-renamed library tasks; a repair request fixes a flaw only when the error text shows it.
+renamed library tasks; a repair request fixes a flaw only when the error text shows it, and
+then only with probability `fix_rate` (a repair can fail, as a model's can).
 """
 from __future__ import annotations
 
@@ -39,11 +40,13 @@ CLAUSES = {
 }
 DUPLICATES = {"bowl1": "PutBlockInBowl", "zone1": "MoveBlockToZone", "stack2": "PlaceBlockOnBlock",
               "stack3": "ColourTower", "turn": "AlignBar"}
+FUTURE = "from __future__ import annotations\n"
 FLAWS = ("missing_object", "too_wide", "unreachable", "forbidden_import", "syntax", "nondeterministic")
 EVIDENCE = {"missing_object": ("not in the scene",), "too_wide": ("wider than the gripper",),
             "unreachable": ("unreachable", "out of reach"), "forbidden_import": ("import",),
             "syntax": ("syntaxerror", "syntax error"), "nondeterministic": ("not deterministic",)}
 MAX_COLOURS = 8
+RELATED = {"at": {"near", "on", "inside"}, "near": {"at"}}      # predicates that teach part of another
 
 
 @dataclass
@@ -76,15 +79,19 @@ class OfflineTaskComposer:
     """An LLM stand-in for task generation: composes library goal patterns into new task modules."""
 
     model = "offline-task-composer"
+    disclaimer = ("offline task composer: not a language model; it composes the library's goal patterns into "
+                  "new tasks and drafts deliberate flaws at a set rate")
 
-    def __init__(self, seed: int = 0, flaw_rate: float = 0.3, duplicate_rate: float = 0.15) -> None:
+    def __init__(self, seed: int = 0, flaw_rate: float = 0.3, duplicate_rate: float = 0.15,
+                 fix_rate: float = 0.75) -> None:
         self.rng = np.random.default_rng(seed)
-        self.flaw_rate, self.duplicate_rate = float(flaw_rate), float(duplicate_rate)
+        self.flaw_rate, self.duplicate_rate, self.fix_rate = float(flaw_rate), float(duplicate_rate), float(fix_rate)
         self.drafts: dict = {}
         self.calls = 0
 
     def __repr__(self) -> str:
-        return f"OfflineTaskComposer(flaw_rate={self.flaw_rate}, duplicate_rate={self.duplicate_rate})"
+        return (f"OfflineTaskComposer(flaw_rate={self.flaw_rate}, duplicate_rate={self.duplicate_rate}, "
+                f"fix_rate={self.fix_rate})")
 
     # ---- the LLMClient interface ---------------------------------------------------------------
     def complete(self, messages: list, n: int = 1, temperature: float = 0.0, top_p: float = 1.0,
@@ -149,6 +156,7 @@ class OfflineTaskComposer:
             blocks = gp.json_blocks(user)
             target = blocks[1] if len(blocks) > 1 and isinstance(blocks[1], dict) else {}
             want = {s.split("(")[0] for s in target.get("signature", [])}
+            want |= set().union(*(RELATED.get(p, set()) for p in want))
             m = re.search(r"curriculum of (\d+)", user)
             n = int(m.group(1)) if m else 3
             combos = [c for c in self._combos(kinds) if "Then".join(CLAUSES[k][0] for k in c).lower() not in taken]
@@ -192,7 +200,7 @@ class OfflineTaskComposer:
     def _repair(self, user: str) -> str:
         d = self._draft_for(user)
         err = "\n".join(gp.fenced(user, "text")).lower()
-        if d.flaw and any(e in err for e in EVIDENCE[d.flaw]):
+        if d.flaw and any(e in err for e in EVIDENCE[d.flaw]) and self.rng.random() < self.fix_rate:
             d.repairs += 1
             if not (d.flaw == "too_wide" and d.repairs == 1):
                 d.flaw = ""                    # fixed; a too-wide object first shrinks, but not enough
@@ -203,10 +211,11 @@ class OfflineTaskComposer:
         library = blocks[0] if blocks and isinstance(blocks[0], list) else []
         cand = blocks[1] if len(blocks) > 1 and isinstance(blocks[1], dict) else {}
         words = lambda t: set(re.findall(r"[a-z]+", str(t).lower())) - {"a", "the", "in", "on", "of"}  # noqa: E731
-        mine = words(cand.get("description", ""))
+        mine, sig = words(cand.get("description", "")), set(cand.get("signature", []))
         for r in library:
-            other = words(r.get("description", ""))
-            if mine and len(mine & other) / len(mine | other) >= 0.6:
+            other, osig = words(r.get("description", "")), set(r.get("signature", []))
+            same_goals = len(sig & osig) / max(1, len(sig | osig)) >= 0.5
+            if mine and len(mine & other) / len(mine | other) >= 0.6 and same_goals:
                 return "```json\n" + json.dumps({"new": False, "useful": True,
                                                  "reason": f"it reads like {r.get('name')}"}) + "\n```"
         return "```json\n" + json.dumps({"new": True, "useful": True, "reason": "a new combination of goal "
@@ -242,10 +251,11 @@ def _clause_lines(kind: str, i: int) -> tuple:
         n = 2 if kind == "stack2" else 3
         size = ["", ", size=0.026", ", size=0.021", ", size=0.016"]
         fix = []
-        items = [f'objs.append(block(f"{{{c}[{j}]}}_block", {c}[{j}], lay.spot(){size[j + 1] if kind == "sizestack" else ""}'
-                 f', rng=rng))' for j in range(n)]
+        sz = size if kind == "sizestack" else [""] * 4
+        items = [f'objs.append(block(f"{{{c}[{j}]}}_block", {c}[{j}], lay.spot(){sz[j + 1]}, rng=rng))'
+                 for j in range(n)]
         items += [f'goals += [P("on", f"{{{c}[j + 1]}}_block", f"{{{c}[j]}}_block") for j in range({n - 1})]',
-                  f'says.append("stack the blocks, largest at the bottom")' if kind == "sizestack" else
+                  'says.append("stack the blocks, largest at the bottom")' if kind == "sizestack" else
                   f'says.append("stack the blocks: " + ", then ".join({c}) + " on top")']
     elif kind == "zonestack":
         fix = [f'zones.append(zone(f"{{{c}[0]}}_zone", {c}[0], lay.spot(0.08), half=0.07))']
@@ -311,11 +321,11 @@ def inject_flaw(code: str, flaw: str, repairs: int = 0) -> str:
         new, k = re.subn(r"lay\.spot\(0\.0[78]\d*\)", "(0.86, float(rng.uniform(-0.1, 0.1)))", code, count=1)
         return new if k else inject_flaw(code, "missing_object")
     if flaw == "forbidden_import":
-        code = code.replace("from __future__ import annotations\n", "from __future__ import annotations\n\nimport random\n")
+        code = code.replace(FUTURE, FUTURE + "\nimport random\n")
         return re.sub(r"(colors = pick_colors\(rng, \d+\))", r"\1\n        random.shuffle(colors)", code, count=1)
     if flaw == "syntax":
         return code.replace("def build(self, rng):", "def build(self, rng)", 1)
     if flaw == "nondeterministic":
-        code = code.replace("from __future__ import annotations\n", "from __future__ import annotations\n\nimport numpy as np\n")
+        code = code.replace(FUTURE, FUTURE + "\nimport numpy as np\n")
         return code.replace(", rng=rng))", ", rng=np.random.default_rng()))", 1)
     return code

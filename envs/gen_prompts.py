@@ -34,7 +34,7 @@ taskweave.envs.task, taskweave.envs.predicates, taskweave.sim.spec):
             return SceneSpec(objects=objs, zones=[])
 
 Helpers: block(name, colour, xy, size=0.02 half size, rng=None for random yaw, z=0.0 to rest on a stack);
-bowl(name, colour, xy, half=0.055, height=0.045) (use half >= 0.065: narrow bowls trap the fingers);
+bowl(name, colour, xy, half=0.055, height=0.045) (an open container; leave room around it);
 zone(name, colour, xy, half=0.06); ObjectSpec(name, shape "box"|"cylinder"|"sphere"|"container",
 size, colour, pos=(x, y, z), yaw, category). Table: x 0.36..0.64, y -0.24..0.24 (metres), top at z = 0.
 The gripper opens 8 cm: every object the oracle picks must be narrower than that on one side.

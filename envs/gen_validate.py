@@ -21,9 +21,9 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Optional
 
-from taskweave.envs.gen_library import goals_from_data, scene_from_data, task_record
+from taskweave.envs.gen_library import NAME_RE, task_record
+from taskweave.envs.gen_task import goals_from_data, scene_from_data
 from taskweave.envs.gen_sandbox import run_sandboxed
 from taskweave.envs.gen_static import check_source
 from taskweave.envs.task import TaskError
@@ -149,6 +149,9 @@ def _inspect(source: str, seeds: list, rep: ValidationReport) -> bool:
     if type(name) is not str or type(desc) is not str or not desc.strip():
         rep.reason = "the task class needs string attributes name and description"
         return False
+    if not NAME_RE.match(name):
+        rep.reason = f"task name {name!r} must be CamelCase letters and digits (2 to 48 characters)"
+        return False
     spec, goals, instruction = first
     rep.task = task_record(name, desc, instruction, goals, spec, "candidate")
     rep.task["objects"] = [o.name for o in spec.objects] + [z.name for z in spec.zones]
@@ -170,7 +173,8 @@ def _oracle_one(source: str, backend: str, seeds: list) -> dict:
             continue
         rep = r.get("report") if isinstance(r.get("report"), dict) else {}
         fails = rep.get("failures") if isinstance(rep.get("failures"), list) else []
-        texts = [f"{f.get('skill')}: {f.get('failure')}: {f.get('message')}"[:300] for f in fails if isinstance(f, dict)]
+        texts = [f"{f.get('skill')}: {f.get('failure')}: {f.get('message')}"[:300]
+                 for f in fails if isinstance(f, dict)]
         row = {"seed": r.get("seed"), "success": rep.get("success") is True,
                "progress": rep.get("progress") if type(rep.get("progress")) is float else 0.0,
                "failures": list(dict.fromkeys(texts))[:4]}
@@ -198,7 +202,8 @@ def _oracle_reason(oracle: dict) -> tuple:
             if r["success"]:
                 continue
             why = r.get("error") or ("; ".join(r["failures"]) or f"goals not reached (progress {r['progress']:.2f})")
-            causes[r.get("error") or (r["failures"][0].split(": ", 1)[-1] if r["failures"] else "goals not reached")] += 1
+            first = r["failures"][0].split(": ", 1)[-1] if r["failures"] else "goals not reached"
+            causes[r.get("error") or first] += 1
             details.append(f"{b} seed {r['seed']}: {why}")
             if r.get("traceback"):
                 details.append(r["traceback"])

@@ -81,6 +81,18 @@ def _lazy(sub, name, help_text, module, add_fn, main_fn, wanted) -> None:
     s.set_defaults(func=runner)
 
 
+LIBRARY_COMMANDS = ("tasks", "rollout", "demo", "collect", "eval", "plan")
+
+
+def _register_library() -> None:
+    """Make accepted generated tasks ($TASKWEAVE_LIBRARY or ./task_library) available by name."""
+    import os
+    path = os.environ.get("TASKWEAVE_LIBRARY", "task_library")
+    if os.path.isdir(path):
+        from taskweave.envs.gen_library import register_library
+        register_library(path)
+
+
 def _unavailable(name, err) -> int:
     print(f"taskweave {name}: not available in this install ({err})", file=sys.stderr)
     return 2
@@ -90,6 +102,8 @@ def main(argv=None) -> int:
     """Entry point of the `taskweave` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     wanted = next((a for a in argv if not a.startswith("-")), "")
+    if wanted in LIBRARY_COMMANDS:
+        _register_library()
     args = build_parser(wanted).parse_args(argv)
     try:
         return int(args.func(args) or 0)
