@@ -11,7 +11,7 @@ from taskweave.sim.backend import BACKENDS
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of `taskweave demo`."""
-    p.add_argument("--task", default="StackTower")
+    p.add_argument("--task", default="BlockInBowl")
     p.add_argument("--backend", default="mujoco", choices=BACKENDS)
     p.add_argument("--seed", type=int, default=20_000_000, help="default: the first held-out test seed")
     p.add_argument("--planner", default="tree", choices=("tree", "clea", "iterative", "openloop"))
@@ -60,4 +60,4 @@ def demo_main(args) -> int:
     print(f"instruction: {rec.instruction!r}")
     print(f"{'success' if rec.success else 'failure'}; {len(rec.steps)} skills, {rec.corrections} corrections, "
           f"{rec.llm_calls} LLM calls; video {video}; trace {os.path.join(args.out, 'trace.json')}", file=sys.stdout)
-    return 0 if rec.success else 1
+    return 0  # the demo ran; whether the episode succeeded is part of its printed result
