@@ -1,7 +1,6 @@
 """TaskEnv: a gymnasium.Env over one task on either backend, low-level or skill-level control."""
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import gymnasium as gym
@@ -321,17 +320,22 @@ class TaskEnv(gym.Env):
 
     def _state_obs(self) -> dict:
         b = self.backend
-        poses = b.object_poses()
+        poses = b.object_poses()[:MAX_OBJECTS]
+        n = len(poses)
+        if getattr(self, "_sizes_spec", None) is not b.spec:  # per-object half extents, cached per scene
+            self._sizes = np.array([(*o.footprint, o.half_height) for o in b.spec.objects[:MAX_OBJECTS]],
+                                   dtype=np.float32).reshape(-1, 3)
+            self._sizes_spec = b.spec
+        w, x, y, z = poses[:, 3], poses[:, 4], poses[:, 5], poses[:, 6]
+        yaw = np.arctan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
         rows = np.zeros((MAX_OBJECTS, 8), dtype=np.float32)
-        mask = np.zeros(MAX_OBJECTS, dtype=np.int8)
-        n = min(len(poses), MAX_OBJECTS)
-        for i in range(n):
-            w, x, y, z = poses[i, 3:]
-            yaw = math.atan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
-            o = b.spec.objects[i]
-            rows[i] = (*poses[i, :3], math.sin(yaw), math.cos(yaw), *o.footprint, o.half_height)
-        mask[:n] = 1
+        rows[:n, :3] = poses[:, :3]
+        rows[:n, 3] = np.sin(yaw)
+        rows[:n, 4] = np.cos(yaw)
+        rows[:n, 5:] = self._sizes
         np.clip(rows, -10.0, 10.0, out=rows)
+        mask = np.zeros(MAX_OBJECTS, dtype=np.int8)
+        mask[:n] = 1
         return {"robot": robot_features(b, self.controller.grip_closed), "objects": rows, "object_mask": mask}
 
     def _obs(self) -> dict:

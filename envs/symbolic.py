@@ -31,7 +31,8 @@ def extract_state(backend: Backend) -> SymbolicState:
             visible=bool(0.0 < pose[0] < 1.0 and abs(pose[1]) < 0.6 and pose[2] > -0.05))
     zones = {z.name: ZoneState(z.name, z.color, tuple(z.center), tuple(z.half_size)) for z in spec.zones}
     held = ""
-    if backend.gripper_width() > 0.004:
+    # only a closing (force-limited) grip can hold anything
+    if backend.gripper_target < 0.01 and backend.gripper_width() > 0.004:
         touching = backend.all_contacts()
         for o in spec.objects:
             c = touching.get(o.name, ())

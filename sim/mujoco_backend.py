@@ -195,7 +195,6 @@ class MujocoBackend(Backend):
         # mj_step leaves positions of bodies at the pre-step state; refresh them so that what is sensed
         # matches qpos (and matches what restore() recomputes).
         mujoco.mj_kinematics(m, d)
-        mujoco.mj_comPos(m, d)
         mujoco.mj_collision(m, d)
 
     def close(self) -> None:
@@ -236,7 +235,7 @@ class MujocoBackend(Backend):
         neg = np.zeros(4)
         dq_rot = np.zeros(3)
         lam2 = 1e-4
-        for _ in range(4):
+        for _ in range(3):
             s.qpos[self._arm_qadr] = q
             mujoco.mj_kinematics(m, s)
             mujoco.mj_comPos(m, s)
