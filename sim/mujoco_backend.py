@@ -235,7 +235,7 @@ class MujocoBackend(Backend):
         neg = np.zeros(4)
         dq_rot = np.zeros(3)
         lam2 = 1e-4
-        for _ in range(3):
+        for _ in range(4):
             s.qpos[self._arm_qadr] = q
             mujoco.mj_kinematics(m, s)
             mujoco.mj_comPos(m, s)
