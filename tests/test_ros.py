@@ -123,6 +123,11 @@ class Graph:
         assert not self._thread.is_alive(), "the spinner thread hung"
 
 
+# Real DDS on a shared 2-core machine: discovery and executor scheduling jitter can push a wall-clock
+# deadline over on a loaded run. The behaviour asserted is unchanged; a failing test gets one fresh retry.
+timing = pytest.mark.flaky(reruns=1, reruns_delay=1)
+
+
 @pytest.fixture
 def graph():
     """A fresh Graph, torn down after the test."""
@@ -228,6 +233,7 @@ def test_state_json_round_trip_and_qos():
 
 # ---------------------------------------------------------------- over DDS
 
+@timing
 def test_scripted_task_across_processes_with_documented_types(graph):
     """The sim runs in its own process (as `ros2 run` would start it); the planner here drives it."""
     env = dict(os.environ)
@@ -283,6 +289,7 @@ def test_scripted_task_across_processes_with_documented_types(graph):
     assert "never retrieved" not in out and "Traceback" not in out, out[-2000:]
 
 
+@timing
 def test_policy_path_completes_task(graph):
     """Planner -> current_skill -> policy node -> ee_command -> sim, with the TEST-ONLY scripted fallback policy."""
     sim = sim_node(graph)
@@ -299,6 +306,7 @@ def test_policy_path_completes_task(graph):
     assert any(s["state"] == "executing" and s["current_skill"] for s in published)
 
 
+@timing
 def test_watchdog_holds_arm_when_policy_node_dies(graph):
     sim = sim_node(graph, command_timeout=0.2)
     policy = policy_node(graph, scripted_fallback_policy_fn(sim))
@@ -333,6 +341,7 @@ def test_watchdog_holds_arm_when_policy_node_dies(graph):
     assert state["state"] == "stale" and state["age"] >= 0.2 and time.monotonic() - t_stale < 2
 
 
+@timing
 @pytest.mark.parametrize("backend", ["mujoco", "pybullet"])
 def test_sim_node_follows_absolute_tcp_targets(graph, backend):
     """A raw command stream (as a robot-side client would send) moves the TCP to the target and yaw."""
@@ -370,9 +379,11 @@ def test_sim_node_follows_absolute_tcp_targets(graph, backend):
         time.sleep(1 / 40)
     dist, dyaw = error(graph.got["/taskweave/ee_pose"][-1])
     assert dist < 0.01 and dyaw < 0.05, (dist, dyaw)
-    wait_until(lambda: graph.last_json("/taskweave/watchdog")["state"] == "stale", 2, "the watchdog to trip")
+    # trip timing is asserted in the watchdog test; here only that it trips once commands stop
+    wait_until(lambda: graph.last_json("/taskweave/watchdog")["state"] == "stale", 5, "the watchdog to trip")
 
 
+@timing
 def test_checkpoint_policy_node_commands_the_arm(graph, tmp_path):
     """The real PolicyRunner path with a tiny untrained checkpoint: loads, acts, publishes sane commands."""
     pytest.importorskip("torch")
