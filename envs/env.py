@@ -121,7 +121,7 @@ class TaskEnv(gym.Env):
         self._last_progress = prog
         success = self.task.success(st)
         truncated = (self.steps >= self.max_steps) if self.control == "ee_delta" else (self.skill_count >= self.max_skills)
-        info.update(self._info(st))
+        info.update(self._info(st, prog, success))
         return self._obs(), float(reward), bool(success), bool(truncated and not success), info
 
     def render(self):
@@ -347,9 +347,11 @@ class TaskEnv(gym.Env):
                 obs["depth"] = np.clip(f.depth, 0.0, 10.0)[..., None].astype(np.float32)
         return obs
 
-    def _info(self, st=None) -> dict:
+    def _info(self, st=None, progress=None, success=None) -> dict:
         st = st or self.symbolic_state()
-        return {"progress": self.task.progress(st), "success": self.task.success(st), "steps": self.steps,
+        progress = self.task.progress(st) if progress is None else progress
+        success = self.task.success(st) if success is None else success
+        return {"progress": progress, "success": success, "steps": self.steps,
                 "skills": self.skill_count, "instruction": self.instruction, "seed": self.seed_value,
                 "events": list(self.events)}
 

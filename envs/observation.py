@@ -18,8 +18,9 @@ TARGET_KINDS = {"none": 0.0, "object": 1.0, "container": 2.0, "zone": 3.0, "pose
 
 def robot_features(b: Backend, grip_closed: bool) -> np.ndarray:
     """(7,) TCP xyz, sin/cos yaw, finger opening, gripper command."""
-    pos, _ = b.ee_pose()
-    yaw = b.ee_yaw()
+    pos, q = b.ee_pose()
+    w, x, y, z = q  # yaw of the top-down gripper (see Backend.ee_yaw), without a second pose query
+    yaw = math.atan2(2.0 * (x * y + w * z), x * x - y * y - z * z + w * w)
     return np.array([pos[0], pos[1], pos[2], math.sin(yaw), math.cos(yaw), b.gripper_width(),
                      1.0 if grip_closed else -1.0], dtype=np.float32)
 
