@@ -14,7 +14,6 @@ offline LLM.
 """
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from typing import Callable, Optional
@@ -22,6 +21,7 @@ from typing import Callable, Optional
 from taskweave.envs.skill_check import skill_succeeded
 from taskweave.envs.symbolic import state_to_text
 from taskweave.policies.executor import RETREAT_TICKS, RETREAT_Z
+from taskweave.ros.common import Latest
 from taskweave.ros.state_json import symbolic_from_dict
 from taskweave.sim.skill_types import SkillCall, SkillResult
 
@@ -228,28 +228,16 @@ class RosSkillExecutor:
         return int(seq - seq0) if isinstance(seq, int) and isinstance(seq0, int) else 0
 
 
-class ResultStore:
+class ResultStore(Latest):
     """skill_result dicts by request id, with waiting (the `results` of a link)."""
 
     def __init__(self):
-        self._cond = threading.Condition()
+        super().__init__()
         self.value: dict = {}
 
     def add(self, d: dict) -> None:
         """Store one result and wake waiters."""
         with self._cond:
             self.value[d.get("id")] = d
+            self.count += 1
             self._cond.notify_all()
-
-    def wait_for(self, pred, timeout: float, stop: Optional[threading.Event] = None):
-        """Wait until pred(results) is truthy; returns it, or None on timeout or stop."""
-        t_end = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                r = pred(self.value)
-                if r:
-                    return r
-                left = t_end - time.monotonic()
-                if left <= 0 or (stop is not None and stop.is_set()):
-                    return None
-                self._cond.wait(min(left, 0.1))
