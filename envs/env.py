@@ -12,7 +12,7 @@ from taskweave.envs.observation import (MAX_OBJECTS, ROBOT_DIM, policy_state, ro
 from taskweave.envs.perturb import Perturbation, apply_perturbation, parse_perturbations
 from taskweave.envs.registry import get_task
 from taskweave.envs.skill_check import skill_succeeded
-from taskweave.envs.symbolic import extract_state, object_feature_rows, state_to_text
+from taskweave.envs.symbolic import extract_state, state_to_text
 from taskweave.sim import make_backend
 from taskweave.sim.backend import BACKENDS, UnknownBackendError
 from taskweave.sim.control import ACTION_DIM, EEDeltaController
@@ -361,4 +361,4 @@ def make_env(task, backend: str = "mujoco", **kw) -> TaskEnv:
     return TaskEnv(task=task, backend=backend, **kw)
 
 
-__all__ = ["TaskEnv", "make_env", "OBS_MODES", "CONTROLS", "object_feature_rows"]
+__all__ = ["TaskEnv", "make_env", "OBS_MODES", "CONTROLS"]

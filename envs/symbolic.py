@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 
 from taskweave.envs.predicates import ObjectState, SymbolicState, ZoneState
 from taskweave.sim._geometry import quat_up_z, quat_yaw
@@ -70,15 +69,3 @@ def state_to_text(st: SymbolicState, instruction: str = "") -> str:
     lines.append("Relations: " + (", ".join(facts) if facts else "none"))
     lines.append("Gripper: " + (f"holding {st.held}" if st.held else "empty"))
     return "\n".join(lines)
-
-
-def object_feature_rows(st: SymbolicState, max_objects: int) -> tuple:
-    """(max_objects, 8) rows of xyz, sin/cos yaw, half extents, and a presence mask."""
-    rows = np.zeros((max_objects, 8), dtype=np.float32)
-    mask = np.zeros(max_objects, dtype=np.int8)
-    for i, o in enumerate(list(st.objects.values())[:max_objects]):
-        rows[i, :3] = o.pos
-        rows[i, 3:5] = (math.sin(o.yaw), math.cos(o.yaw))
-        rows[i, 5:8] = o.half_extents
-        mask[i] = 1
-    return rows, mask
