@@ -2,9 +2,10 @@
 
     python benchmarks/sim_speed.py [--ticks 300] [--json]
 
-Raw: the engine's own step function called `substeps` times per control tick with constant
-commands. Env: TaskEnv.step with a low-level action (IK, gripper, substeps, state observation,
-symbolic state, reward and success). Both on Panda + table + 5 blocks, 2 ms physics, 10 Hz control.
+Env: TaskEnv.step with small random low-level actions (IK, gripper, substeps, state observation,
+symbolic state, reward and success). Raw: the same trajectory replayed from the same reset state by
+writing the joint commands the env sent straight to the engine and calling the engine's own step
+function `substeps` times per tick, so both sides pay for the same contacts. Both on Panda + table + 5 blocks, 2 ms physics, 10 Hz control.
 """
 from __future__ import annotations
 
@@ -47,30 +48,47 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def raw_rate(env, ticks: int) -> float:
-    """Control ticks per second of bare engine stepping (substeps per tick)."""
-    b = env.backend
-    n = env.controller.substeps
-    t = time.perf_counter()
-    if env.backend_name == "mujoco":
-        import mujoco
-        m, d = b.model, b.data
-        for _ in range(ticks * n):
-            mujoco.mj_step(m, d)
-    else:
-        step = b.client.stepSimulation
-        for _ in range(ticks * n):
-            step()
-    return ticks / (time.perf_counter() - t)
-
-
-def env_rate(env, ticks: int, rng) -> float:
-    """Control ticks per second through TaskEnv.step with small random actions."""
+def env_rate(env, ticks: int, rng) -> tuple:
+    """Control ticks per second through TaskEnv.step with small random actions, and the joint commands
+    each tick ended up sending to the engine (for raw_rate to replay)."""
     acts = rng.uniform(-0.3, 0.3, size=(ticks, 5)).astype(np.float32)
+    b = env.backend
+    cmds = []
     t = time.perf_counter()
     for a in acts:
         env.step(a)
-    return ticks / (time.perf_counter() - t)
+        cmds.append((b.arm_target.copy(), b.gripper_target))
+    return ticks / (time.perf_counter() - t), cmds
+
+
+def raw_rate(env, cmds) -> float:
+    """Control ticks per second of bare engine stepping along the same trajectory.
+
+    From the same reset state, the joint commands the env sent are written straight to the engine
+    (ctrl for MuJoCo, one motor-control call for PyBullet) and the engine's own step function runs
+    `substeps` times per tick: the same physics (same contacts) as the env did, with nothing around it.
+    """
+    b = env.backend
+    n = env.controller.substeps
+    if env.backend_name == "mujoco":
+        import mujoco
+        m, d = b.model, b.data
+        step = mujoco.mj_step
+        t = time.perf_counter()
+        for arm, grip in cmds:
+            d.ctrl[:7] = arm
+            d.ctrl[7:9] = grip
+            for _ in range(n):
+                step(m, d)
+    else:
+        step = b.client.stepSimulation
+        t = time.perf_counter()
+        for arm, grip in cmds:
+            b.arm_target, b.gripper_target = arm, grip
+            b._apply_commands()
+            for _ in range(n):
+                step()
+    return len(cmds) / (time.perf_counter() - t)
 
 
 def render_fps(env, frames: int = 30) -> float:
@@ -94,13 +112,13 @@ def main(argv=None) -> int:
     for backend in args.backends.split(","):
         env = make_env(FiveBlocks(), backend)
         env.reset(seed=0)
-        rng = np.random.default_rng(0)
         raws, envs = [], []
         for _ in range(args.repeats):  # interleave to share any machine noise
             env.reset(seed=0)
-            raws.append(raw_rate(env, args.ticks))
+            rate, cmds = env_rate(env, args.ticks, np.random.default_rng(0))
+            envs.append(rate)
             env.reset(seed=0)
-            envs.append(env_rate(env, args.ticks, rng))
+            raws.append(raw_rate(env, cmds))
         raw, stepped = max(raws), max(envs)
         n = env.controller.substeps
         row = {"backend": backend, "substeps": n, "raw_ticks_per_s": raw, "raw_physics_steps_per_s": raw * n,

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 
 from taskweave.envs.predicates import ObjectState, SymbolicState, ZoneState
-from taskweave.sim._geometry import quat_up_z, quat_yaw
 from taskweave.sim.backend import Backend
 
 
@@ -16,30 +16,52 @@ def _symmetry(o) -> float:
     return math.pi / 2 if abs(sx - sy) < 1e-6 else math.pi
 
 
+def _static_rows(spec) -> tuple:
+    """Per-scene constants of extract_state: (name, shape, colour, category, half extents, symmetry) rows,
+    the zones, and the free objects' (index, name, half height); cached on the spec object."""
+    cached = getattr(spec, "_symbolic_static", None)
+    if (cached is not None and cached[0] is spec.objects and cached[1] is spec.zones
+            and cached[3] == (len(spec.objects), len(spec.zones))):
+        return cached[2]
+    rows = [(o.name, o.shape, o.color, o.category, (*o.footprint, o.half_height), _symmetry(o))
+            for o in spec.objects]
+    zones = {z.name: ZoneState(z.name, z.color, tuple(z.center), tuple(z.half_size)) for z in spec.zones}
+    free = [(i, o.name, o.half_height) for i, o in enumerate(spec.objects) if not o.fixed]
+    static = (rows, zones, free)
+    try:
+        object.__setattr__(spec, "_symbolic_static",
+                           (spec.objects, spec.zones, static, (len(spec.objects), len(spec.zones))))
+    except (AttributeError, TypeError):  # a spec type that takes no new attributes: no cache
+        pass
+    return static
+
+
 def extract_state(backend: Backend) -> SymbolicState:
     """The symbolic state of the loaded scene: object poses, zones, held object and relations."""
     spec = backend.spec
+    rows, zones, free = _static_rows(spec)
     poses = backend.object_poses()
+    w, x, y, z = poses[:, 3], poses[:, 4], poses[:, 5], poses[:, 6]
+    yaws = np.arctan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z)).tolist()
+    upright = (1.0 - 2.0 * (x * x + y * y) > 0.9).tolist()
+    px, py, pz = poses[:, 0], poses[:, 1], poses[:, 2]
+    visible = ((px > 0.0) & (px < 1.0) & (np.abs(py) < 0.6) & (pz > -0.05)).tolist()
+    pos = poses[:, :3].copy()
     objects = {}
-    for o, pose in zip(spec.objects, poses):
-        sx, sy = o.footprint
-        objects[o.name] = ObjectState(
-            name=o.name, shape=o.shape, color=o.color, category=o.category, pos=pose[:3].copy(),
-            yaw=quat_yaw(pose[3:]), half_extents=(sx, sy, o.half_height),
-            upright=quat_up_z(pose[3:]) > 0.9, symmetry=_symmetry(o),
-            visible=bool(0.0 < pose[0] < 1.0 and abs(pose[1]) < 0.6 and pose[2] > -0.05))
-    zones = {z.name: ZoneState(z.name, z.color, tuple(z.center), tuple(z.half_size)) for z in spec.zones}
+    for i, (name, shape, color, category, half, sym) in enumerate(rows):
+        objects[name] = ObjectState(name=name, shape=shape, color=color, category=category, pos=pos[i],
+                                    yaw=yaws[i], half_extents=half, upright=upright[i], symmetry=sym,
+                                    visible=visible[i])
     held = ""
     # only a closing (force-limited) grip can hold anything
     if backend.gripper_target < 0.01 and backend.gripper_width() > 0.004:
         touching = backend.all_contacts()
-        for o in spec.objects:
-            c = touching.get(o.name, ())
-            if (not o.fixed and "panda_leftfinger" in c and "panda_rightfinger" in c
-                    and objects[o.name].pos[2] - o.half_height > 0.01):
-                held = o.name
+        for i, name, half_height in free:
+            c = touching.get(name, ())
+            if "panda_leftfinger" in c and "panda_rightfinger" in c and pos[i, 2] - half_height > 0.01:
+                held = name
                 break
-    return SymbolicState(objects=objects, zones=zones, held=held)
+    return SymbolicState(objects=objects, zones=dict(zones), held=held)
 
 
 def describe_object(o: ObjectState) -> str:

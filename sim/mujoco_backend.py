@@ -16,6 +16,9 @@ from taskweave.sim.spec import SceneSpec  # noqa: E402
 
 ARM_KP = np.array([4500.0, 4500.0, 3500.0, 3500.0, 2000.0, 2000.0, 2000.0])
 FINGER_KP = 2000.0
+IK_MAX_ITERS = 4     # DLS iterations per IK call (warm-started, so most calls stop after one or two)
+IK_POS_TOL = 5e-4    # metres
+IK_ROT_TOL = 5e-3    # radians
 TABLE_HALF = (0.45, 0.6, 0.02)
 TABLE_CENTER = (0.5, 0.0, -0.02)
 _ROBOT_SPEC_CACHE: dict = {}
@@ -121,6 +124,7 @@ class MujocoBackend(Backend):
         self.model = ms.compile()
         self.data = mujoco.MjData(self.model)
         self._scratch = mujoco.MjData(self.model)
+        self._step1_time = None
         self._index()
         self.reset_robot(spec.robot_home)
 
@@ -164,6 +168,9 @@ class MujocoBackend(Backend):
                 seg[g] = SEG_ROBOT
         self._geom_seg = seg
         self._eye6 = np.eye(6)
+        self._jacp, self._jacr = np.zeros((3, m.nv)), np.zeros((3, m.nv))
+        self._J, self._err, self._x6 = np.zeros((6, 7)), np.zeros(6), np.zeros(6)
+        self._qbuf, self._qbuf2, self._vbuf = np.zeros(4), np.zeros(4), np.zeros(3)
         self._arm_lo = m.jnt_range[[m.joint(j).id for j in R.ARM_JOINTS], 0]
         self._arm_hi = m.jnt_range[[m.joint(j).id for j in R.ARM_JOINTS], 1]
 
@@ -176,7 +183,7 @@ class MujocoBackend(Backend):
         d.qvel[:] = 0.0
         self.arm_target = q.copy()
         self.gripper_target = R.FINGER_MAX
-        mujoco.mj_forward(self.model, d)
+        self._forward()
         pos, _ = self.ee_pose()
         self.ee_target_pos = pos.copy()
         self.ee_target_yaw = self.ee_yaw()
@@ -188,14 +195,28 @@ class MujocoBackend(Backend):
         return float(self.model.opt.timestep)
 
     def step(self, n: int = 1) -> None:
-        """Advance physics n timesteps."""
+        """Advance physics n timesteps.
+
+        Each tick ends with mj_step1 (positions, contacts, velocities of the new state), so what is
+        sensed matches qpos and restore() (mj_forward) reproduces it exactly; the next call starts with
+        mj_step2 under the new controls. n steps cost n mj_step calls, with no extra refresh. Anything
+        that writes qpos/qvel directly must call mj_forward afterwards, as set_object_pose does.
+        """
         m, d = self.model, self.data
-        for _ in range(n):
+        if n <= 0:
+            return
+        if d.time != self._step1_time:  # stepped from outside (or never): position stage is stale
+            mujoco.mj_step1(m, d)
+        mujoco.mj_step2(m, d)
+        for _ in range(n - 1):
             mujoco.mj_step(m, d)
-        # mj_step leaves positions of bodies at the pre-step state; refresh them so that what is sensed
-        # matches qpos (and matches what restore() recomputes).
-        mujoco.mj_kinematics(m, d)
-        mujoco.mj_collision(m, d)
+        mujoco.mj_step1(m, d)
+        self._step1_time = d.time
+
+    def _forward(self) -> None:
+        """mj_forward after a state change; the next step() may start with mj_step2."""
+        mujoco.mj_forward(self.model, self.data)
+        self._step1_time = self.data.time
 
     def close(self) -> None:
         """Free renderers and the model."""
@@ -224,42 +245,46 @@ class MujocoBackend(Backend):
         self.data.ctrl[7:9] = self.gripper_target
 
     def _solve_ik(self, pos, quat) -> tuple:
-        """Damped least squares on the TCP site from the current posture, nullspace toward home."""
+        """Damped least squares on the TCP site, nullspace toward home, warm-started from the last solution.
+
+        Targets move at most a few centimetres per control tick, so starting from the previous joint
+        targets (not the lagging measured posture) usually meets the tolerance in one or two iterations.
+        """
         m, s = self.model, self._scratch
-        s.qpos[:] = self.data.qpos
-        q = s.qpos[self._arm_qadr].copy()
-        jacp = np.zeros((3, m.nv))
-        jacr = np.zeros((3, m.nv))
-        err = np.zeros(6)
-        cur = np.zeros(4)
-        neg = np.zeros(4)
-        dq_rot = np.zeros(3)
+        q = np.array(self.arm_target, dtype=float)
+        jacp, jacr, J, err = self._jacp, self._jacr, self._J, self._err
+        cur, neg, dq_rot, x = self._qbuf, self._qbuf2, self._vbuf, self._x6
         lam2 = 1e-4
-        for _ in range(4):
+        residual = None
+        for it in range(IK_MAX_ITERS + 1):
             s.qpos[self._arm_qadr] = q
             mujoco.mj_kinematics(m, s)
-            mujoco.mj_comPos(m, s)
             err[:3] = pos - s.site_xpos[self._tcp]
+            if it == IK_MAX_ITERS:
+                residual = err[:3]
+                break
             mujoco.mju_mat2Quat(cur, s.site_xmat[self._tcp])
             mujoco.mju_negQuat(neg, cur)
             mujoco.mju_mulQuat(neg, quat, neg)
             mujoco.mju_quat2Vel(dq_rot, neg, 1.0)
             err[3:] = dq_rot
-            if np.linalg.norm(err[:3]) < 5e-4 and np.linalg.norm(err[3:]) < 5e-3:
+            if err[:3] @ err[:3] < IK_POS_TOL ** 2 and dq_rot @ dq_rot < IK_ROT_TOL ** 2:
+                residual = err[:3]
                 break
+            mujoco.mj_comPos(m, s)
             mujoco.mj_jacSite(m, s, jacp, jacr, self._tcp)
-            J = np.vstack([jacp[:, self._arm_dadr], jacr[:, self._arm_dadr]])
-            rhs = np.empty((6, 8))
-            rhs[:, 0] = err
-            rhs[:, 1:] = J
-            sol = np.linalg.solve(J @ J.T + lam2 * self._eye6, rhs)
-            dq = J.T @ sol[:, 0]
+            J[:3] = jacp[:, self._arm_dadr]
+            J[3:] = jacr[:, self._arm_dadr]
+            # DLS step plus the damped nullspace projection of a pull toward home, in one solve:
+            # q += J^T A^-1 err + (v - J^T A^-1 J v) = v + J^T A^-1 (err - J v), A = J J^T + lam2 I
             v = (R.HOME_Q - q) * 0.1
-            null = v - J.T @ (sol[:, 1:] @ v)  # damped nullspace projection toward home
-            q = np.clip(q + dq + null, self._arm_lo, self._arm_hi)
-        s.qpos[self._arm_qadr] = q
-        mujoco.mj_kinematics(m, s)
-        return q, float(np.linalg.norm(pos - s.site_xpos[self._tcp]))
+            A = J @ J.T
+            A.flat[::7] += lam2
+            mujoco.mju_cholFactor(A, 0.0)
+            mujoco.mju_cholSolve(x, A, err - J @ v)
+            q += v + J.T @ x
+            np.clip(q, self._arm_lo, self._arm_hi, out=q)
+        return q, float(np.sqrt(residual @ residual))
 
     # ---- objects -----------------------------------------------------------------------
     def object_pose(self, name: str) -> tuple:
@@ -290,7 +315,7 @@ class MujocoBackend(Backend):
         self.data.qpos[adr + 3:adr + 7] = [1, 0, 0, 0] if quat is None else quat
         dadr = self.model.jnt_dofadr[self.model.joint(f"{name}_free").id]
         self.data.qvel[dadr:dadr + 6] = 0.0
-        mujoco.mj_forward(self.model, self.data)
+        self._forward()
 
     def contacts(self, name: str) -> set:
         """Names of everything touching the object."""
@@ -358,7 +383,7 @@ class MujocoBackend(Backend):
             raise ValueError("snapshot was not taken from a MuJoCo backend")
         mujoco.mj_setState(self.model, self.data, snap["state"], mujoco.mjtState.mjSTATE_INTEGRATION)
         self._set_command_state(snap["cmd"])
-        mujoco.mj_forward(self.model, self.data)
+        self._forward()
 
 
 def _zone_rgba(color: str) -> tuple:

@@ -31,6 +31,7 @@ class PybulletBackend(Backend):
         super().__init__()
         self.client = None
         self._states: list = []
+        self._cache: dict = {}  # per-physics-state reads (poses, joints, TCP); cleared on every state change
 
     def load(self, spec: SceneSpec) -> None:
         """Reset the simulation and build spec, robot at home, gripper open."""
@@ -39,6 +40,7 @@ class PybulletBackend(Backend):
             self.client = BulletClient(connection_mode=p.DIRECT)
         c = self.client
         c.resetSimulation()
+        self._cache.clear()
         self._states = []
         self.spec = spec
         c.setGravity(0, 0, -9.81)
@@ -109,6 +111,7 @@ class PybulletBackend(Backend):
     def reset_robot(self, q=None) -> None:
         """Put the arm at q (default home), gripper open, commands matching."""
         q = R.HOME_Q if q is None else np.asarray(q, dtype=float)
+        self._cache.clear()
         for j, v in zip(self._arm_j, q):
             self.client.resetJointState(self.robot, j, v, 0.0)
         for j in self._finger_j:
@@ -127,6 +130,7 @@ class PybulletBackend(Backend):
 
     def step(self, n: int = 1) -> None:
         """Advance physics n timesteps."""
+        self._cache.clear()
         s = self.client.stepSimulation
         for _ in range(n):
             s()
@@ -146,8 +150,11 @@ class PybulletBackend(Backend):
     # ---- robot -------------------------------------------------------------------------
     def joint_positions(self) -> np.ndarray:
         """Arm (7) and finger (2) joint positions."""
-        st = self.client.getJointStates(self.robot, self._arm_j + self._finger_j)
-        return np.array([s[0] for s in st])
+        q = self._cache.get("q")
+        if q is None:  # read once per physics state (the cache is cleared whenever the state changes)
+            st = self.client.getJointStates(self.robot, self._arm_j + self._finger_j)
+            q = self._cache["q"] = np.array([s[0] for s in st])
+        return q.copy()
 
     def joint_velocities(self) -> np.ndarray:
         """Arm (7) and finger (2) joint velocities."""
@@ -156,8 +163,11 @@ class PybulletBackend(Backend):
 
     def ee_pose(self) -> tuple:
         """TCP position and wxyz quaternion."""
-        ls = self.client.getLinkState(self.robot, self._tcp_link, computeForwardKinematics=True)
-        return np.array(ls[4]), _wxyz(ls[5])
+        ee = self._cache.get("ee")
+        if ee is None:
+            ls = self.client.getLinkState(self.robot, self._tcp_link, computeForwardKinematics=True)
+            ee = self._cache["ee"] = (np.array(ls[4]), _wxyz(ls[5]))
+        return ee[0].copy(), ee[1].copy()
 
     def _apply_commands(self) -> None:
         c = self.client
@@ -187,13 +197,15 @@ class PybulletBackend(Backend):
 
     def object_poses(self) -> np.ndarray:
         """(N, 7) positions and quaternions of all objects."""
-        g = self.client.getBasePositionAndOrientation
-        out = np.zeros((len(self._obj_ids), 7))
-        for i, uid in enumerate(self._obj_ids):
-            pos, q = g(uid)
-            out[i, :3] = pos
-            out[i, 3:] = (q[3], q[0], q[1], q[2])
-        return out
+        out = self._cache.get("poses")
+        if out is None:
+            g = self.client.getBasePositionAndOrientation
+            out = self._cache["poses"] = np.zeros((len(self._obj_ids), 7))
+            for i, uid in enumerate(self._obj_ids):
+                pos, q = g(uid)
+                out[i, :3] = pos
+                out[i, 3:] = (q[3], q[0], q[1], q[2])
+        return out.copy()
 
     def object_velocity(self, name: str) -> np.ndarray:
         """Linear and angular velocity of a named object."""
@@ -206,6 +218,7 @@ class PybulletBackend(Backend):
         if self.spec.objects[i].fixed:
             raise ValueError(f"object {name!r} is fixed and cannot be moved")
         q = [0, 0, 0, 1] if quat is None else _xyzw(quat)
+        self._cache.clear()
         self.client.resetBasePositionAndOrientation(self._obj_ids[i], list(pos), q)
         self.client.resetBaseVelocity(self._obj_ids[i], [0, 0, 0], [0, 0, 0])
 
@@ -270,5 +283,6 @@ class PybulletBackend(Backend):
         if not isinstance(snap, dict) or snap.get("engine") != "pybullet" or snap["state"] not in self._states \
                 or snap["client"] != id(self.client):
             raise ValueError("snapshot was not taken from this PyBullet scene")
+        self._cache.clear()
         self.client.restoreState(stateId=snap["state"])
         self._set_command_state(snap["cmd"])

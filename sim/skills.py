@@ -333,6 +333,7 @@ class ScriptedSkill:
             dist = float(np.linalg.norm(d))
             return p, (d / dist if dist > 1e-6 else np.array([1.0, 0.0])), dist
 
+        aim = max(0.008, 0.5 * tol)  # push toward the centre, so settling never leaves it on the edge of tol
         p, d, dist = geometry()
         if dist < tol:
             return SkillResult(True, None, f"{self.call}: already there")
@@ -348,7 +349,7 @@ class ScriptedSkill:
             return self._fail("collision", "could not lower the gripper behind the object")
         for _ in range(150):
             p, d, dist = geometry()
-            if dist < tol:
+            if dist < aim:
                 break
             ee, _ = b.ee_pose()
             behind = p - d * (r + 0.012)
