@@ -17,7 +17,7 @@ from taskweave.sim import make_backend
 from taskweave.sim.backend import BACKENDS, UnknownBackendError
 from taskweave.sim.control import ACTION_DIM, EEDeltaController
 from taskweave.sim.skill_types import SKILLS, SkillArgumentError, SkillCall, SkillResult, SkillSyntaxError
-from taskweave.sim.skills import make_skill, validate_call
+from taskweave.sim.skills import run_skill, validate_call
 
 OBS_MODES = ("state", "rgb", "rgbd")
 CONTROLS = ("ee_delta", "skill")
@@ -204,16 +204,14 @@ class TaskEnv(gym.Env):
         if isinstance(call, SkillResult):
             return call
         self.before_skill()
-        skill = make_skill(call, self.backend, max_ticks=self.skill_max_ticks)
-        while True:
-            a = skill.act(self.backend)
-            if a is None:
-                break
+
+        def apply(a):  # one control tick through the env (perturbations, grasp failures, callbacks)
             if recorder is not None:
                 recorder(self._obs(), a, call)
             self.apply_action(a)
+
+        result = run_skill(call, self.backend, apply, max_ticks=self.skill_max_ticks)
         self.skill_count += 1
-        result = skill.result
         result.info["call"] = str(call)
         return result
 
