@@ -132,8 +132,15 @@ def load_policy(path: str, device: str | torch.device = "cpu", use_ema: bool = T
     return policy.to(device).eval()
 
 
-def export_policy(src: str, dst: str, use_ema: bool = True) -> str:
-    """Write a small inference-only checkpoint (EMA weights, config, stats, vocabularies) from a run."""
+def export_policy(src: str, dst: str, use_ema: bool = True, action_horizon: Optional[int] = None) -> str:
+    """Write a small inference-only checkpoint (EMA weights, config, stats, vocabularies) from a run.
+
+    action_horizon, when given, becomes the exported config's execution horizon (actions run from each
+    chunk before replanning); it changes no weights, only how runners use the chunks by default.
+    """
     policy = load_policy(src, "cpu", use_ema=use_ema)
+    if action_horizon is not None:
+        policy.config.action_horizon = action_horizon
+        policy.config.validate()
     return save_checkpoint(dst, policy, step=policy.step, skills=policy.skills, tasks=policy.tasks,
                            extra={"exported_from": os.path.abspath(src), "ema": use_ema})

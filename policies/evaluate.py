@@ -25,6 +25,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--max-ticks", type=int, default=150, help="control ticks allowed per skill")
     p.add_argument("--inference-steps", type=int, default=None, help="DDIM steps (default: the checkpoint's)")
+    p.add_argument("--action-horizon", type=int, default=None,
+                   help="actions executed from each predicted chunk before replanning (default: the checkpoint's)")
     p.add_argument("--out", default=None, help="folder for eval.json, eval.md and videos")
     p.add_argument("--video", action="store_true", help="save the first episode of each task as a video")
     p.add_argument("--json", action="store_true")
@@ -32,7 +34,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 
 def evaluate(checkpoint: str, tasks: list, episodes: int, backend: str = "mujoco", split: str = "test",
              num_envs: int = 8, device: str = "auto", max_ticks: int = 150, inference_steps=None,
-             video_dir=None, progress: bool = True) -> dict:
+             video_dir=None, progress: bool = True, action_horizon=None) -> dict:
     """Per-task and per-skill success of the policy over held-out seeds, with 95% Wilson intervals."""
     from taskweave.envs import get_task, make_env
     from taskweave.policies.executor import run_policy_episodes
@@ -42,7 +44,8 @@ def evaluate(checkpoint: str, tasks: list, episodes: int, backend: str = "mujoco
         get_task(t)
     n_env = max(1, min(num_envs, episodes))
     runner = PolicyRunner.from_checkpoint(checkpoint, num_envs=n_env, device=device,
-                                          num_inference_steps=inference_steps, seed=0)
+                                          num_inference_steps=inference_steps, seed=0,
+                                          action_horizon=action_horizon)
     t0 = time.perf_counter()
     per_task = {}
     bar = tqdm(total=episodes * len(tasks), desc=f"eval [{backend}]", unit="ep", file=sys.stderr,
@@ -65,7 +68,10 @@ def evaluate(checkpoint: str, tasks: list, episodes: int, backend: str = "mujoco
             write_video(os.path.join(video_dir, f"{task}.mp4"), frames)
         per_task[task] = rows
     bar.close()
-    return summarise(per_task, checkpoint, backend, split, time.perf_counter() - t0, runner.device)
+    out = summarise(per_task, checkpoint, backend, split, time.perf_counter() - t0, runner.device)
+    out["action_horizon"] = runner.action_horizon
+    out["inference_steps"] = runner.num_inference_steps or runner.config.num_inference_steps
+    return out
 
 
 def summarise(per_task: dict, checkpoint: str, backend: str, split: str, wall: float, device) -> dict:
@@ -115,7 +121,7 @@ def eval_main(args) -> int:
     tasks = sorted(TASKS) if args.tasks == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
     video_dir = (args.out or "out/eval") if args.video else None
     r = evaluate(args.checkpoint, tasks, args.episodes, args.backend, args.split, args.num_envs, args.device,
-                 args.max_ticks, args.inference_steps, video_dir)
+                 args.max_ticks, args.inference_steps, video_dir, action_horizon=args.action_horizon)
     md = to_markdown(r)
     if args.out:
         os.makedirs(args.out, exist_ok=True)

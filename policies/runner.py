@@ -31,10 +31,16 @@ class PolicyRunner:
 
     def __init__(self, policy: DiffusionPolicy, num_envs: int = 1, device: Union[str, torch.device, None] = None,
                  sampler: Optional[str] = None, num_inference_steps: Optional[int] = None,
-                 seed: Optional[int] = None) -> None:
+                 seed: Optional[int] = None, action_horizon: Optional[int] = None) -> None:
         self.device = pick_device(device) if isinstance(device, str) else (device or next(policy.parameters()).device)
         self.policy = policy.to(self.device).eval()
         self.config = policy.config
+        most = self.config.pred_horizon - self.config.obs_horizon + 1
+        ah = self.config.action_horizon if action_horizon is None else action_horizon
+        if isinstance(ah, bool) or not isinstance(ah, int) or not 1 <= ah <= most:
+            raise ValueError(f"action_horizon must be an integer in 1..{most} (pred_horizon "
+                             f"{self.config.pred_horizon}, obs_horizon {self.config.obs_horizon}), got {ah!r}")
+        self.action_horizon = ah  # actions executed from each chunk before replanning
         self.num_envs = num_envs
         self.sampler, self.num_inference_steps = sampler, num_inference_steps
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -47,10 +53,11 @@ class PolicyRunner:
     @classmethod
     def from_checkpoint(cls, path: str, num_envs: int = 1, device: str = "auto", use_ema: bool = True,
                         sampler: Optional[str] = None, num_inference_steps: Optional[int] = None,
-                        seed: Optional[int] = None) -> "PolicyRunner":
+                        seed: Optional[int] = None, action_horizon: Optional[int] = None) -> "PolicyRunner":
         """Load a checkpoint file or run folder and wrap it for num_envs envs."""
         dev = pick_device(device)
-        return cls(load_policy(path, dev, use_ema=use_ema), num_envs, dev, sampler, num_inference_steps, seed)
+        return cls(load_policy(path, dev, use_ema=use_ema), num_envs, dev, sampler, num_inference_steps, seed,
+                   action_horizon)
 
     def reset(self, env_ids: Optional[Sequence[int]] = None) -> None:
         """Forget history and queued actions of env_ids (all envs when None); call on env reset."""
@@ -136,7 +143,7 @@ class PolicyRunner:
             chunk = self.policy.predict_action_chunk(batch, generator=self.generator, sampler=self.sampler,
                                                      num_inference_steps=self.num_inference_steps)
             start = cfg.obs_horizon - 1
-            chunk = chunk[:, start:start + cfg.action_horizon].cpu().numpy()
+            chunk = chunk[:, start:start + self.action_horizon].cpu().numpy()
             for j, i in enumerate(need):
                 self._queue[i].extend(chunk[j])
         return np.stack([self._queue[i].popleft() for i in range(self.num_envs)]).astype(np.float32)

@@ -317,3 +317,26 @@ def test_runner_batches_envs_and_replans_on_skill_change(trained_run, demo_dir):
         runner.act(states, [SKILLS[0]] * 3, [0, "unknown_task", 0])
     with pytest.raises(ValueError, match="state must be"):
         runner.act(states[:2], [SKILLS[0]] * 3, [0, 0, 0])
+
+
+def test_runner_action_horizon_override_replans_sooner_and_is_checked(trained_run, demo_dir, tmp_path):
+    out, _ = trained_run
+    ds = DemoDataset(demo_dir, "train")
+    states = ds.state[[0]]
+    runner = PolicyRunner.from_checkpoint(out, num_envs=1, device="cpu", seed=0, action_horizon=3)
+    assert runner.action_horizon == 3 and runner.config.action_horizon != 3
+    calls = []
+    real = runner.policy.predict_action_chunk
+    runner.policy.predict_action_chunk = lambda batch, **kw: (calls.append(1), real(batch, **kw))[1]
+    for _ in range(7):
+        runner.act(states, [SKILLS[0]], [0])
+    assert len(calls) == 3, "replans every 3 actions: ticks 0, 3 and 6"
+    for bad in (0, 100, 2.5):
+        with pytest.raises(ValueError, match="action_horizon"):
+            PolicyRunner.from_checkpoint(out, num_envs=1, device="cpu", action_horizon=bad)
+    # an exported checkpoint can carry the execution horizon as its default; the weights are unchanged
+    from taskweave.policies.checkpoint import export_policy, load_policy
+    dst = export_policy(out, str(tmp_path / "p.pt"), action_horizon=4)
+    assert PolicyRunner.from_checkpoint(dst, num_envs=1, device="cpu").action_horizon == 4
+    a, b = load_policy(out, "cpu"), load_policy(dst, "cpu")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
