@@ -54,6 +54,10 @@ def test_steps(work: str, eval_episodes: int, backend: str, horizon: int) -> lis
     return [(f"{ev}/multi6/eval.json", ["taskweave", "eval", "--checkpoint", long_ckpt(work), "--tasks",
                                         ",".join(TASKS), "--episodes", str(eval_episodes), "--action-horizon",
                                         str(horizon), "--out", f"{ev}/multi6", "--backend", backend]),
+            (f"{ev}/multi6_pybullet/eval.json", ["taskweave", "eval", "--checkpoint", long_ckpt(work), "--tasks",
+                                                 ",".join(TASKS), "--episodes", str(eval_episodes), "--action-horizon",
+                                                 str(horizon), "--out", f"{ev}/multi6_pybullet", "--backend",
+                                                 "pybullet" if backend == "mujoco" else "mujoco"]),
             (f"{ev}/single_long/eval.json", ["taskweave", "eval", "--checkpoint", single, "--tasks", SINGLE,
                                              "--episodes", str(eval_episodes), "--action-horizon", str(horizon),
                                              "--out", f"{ev}/single_long", "--backend", backend])]
@@ -153,6 +157,20 @@ def report(work: str, plan: list, out: str, note: str) -> str:
         v = r["tasks"][SINGLE]
         lines.append(f"| {name} | {n_steps} | {rate_cell(v['successes'], v['episodes'])} | "
                      f"{rate_cell(v['skill_successes'], v['skill_attempts'])} |")
+    other = f"{ev}/multi6_pybullet/eval.json"
+    if os.path.exists(other):
+        o = json.load(open(other))
+        lines += ["", f"## The same policy in the other engine ({o['backend']})", "",
+                  f"Demonstrations and training in {multi['backend']}; the checkpoint above evaluated unchanged in "
+                  f"{o['backend']} on the same test seeds (the scenes are built from the same specs).", "",
+                  "| skill | success [95% CI] |", "|---|---|"]
+        for t, v in o["skills"].items():
+            lines.append(f"| `{t}` | {rate_cell(v['successes'], v['attempts'])} |")
+        ko = sum(v["skill_successes"] for v in o["tasks"].values())
+        no = sum(v["skill_attempts"] for v in o["tasks"].values())
+        eo = sum(v["successes"] for v in o["tasks"].values())
+        neo = sum(v["episodes"] for v in o["tasks"].values())
+        lines += ["", f"Overall per-skill success in {o['backend']}: {rate_cell(ko, no)}; episodes {rate_cell(eo, neo)}."]
     lines += ["", "## Reproduce", "", "```bash"] + [shlex.join(c) for _, c in plan] + ["```", "",
               f"Written {datetime.date.today()} by `python experiments/policy.py`.", ""]
     text = "\n".join(lines)

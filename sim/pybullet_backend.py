@@ -1,6 +1,10 @@
 """PyBullet backend (DIRECT mode): compiles a SceneSpec through the PyBullet API."""
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+
 import numpy as np
 import pybullet as p
 from pybullet_utils.bullet_client import BulletClient
@@ -12,6 +16,25 @@ from taskweave.sim.spec import COLORS, SceneSpec
 
 TABLE_HALF = (0.45, 0.6, 0.02)
 TABLE_CENTER = (0.5, 0.0, -0.02)
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    """Silence the C library's stdout (PyBullet prints `argv[0]=` on every DIRECT connection)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stdout (captured by Python, closed)
+        yield
+        return
+    sys.stdout.flush()
+    saved, devnull = os.dup(fd), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    try:
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _xyzw(q) -> list:
@@ -37,7 +60,8 @@ class PybulletBackend(Backend):
         """Reset the simulation and build spec, robot at home, gripper open."""
         spec.validate()
         if self.client is None:
-            self.client = BulletClient(connection_mode=p.DIRECT)
+            with _quiet_stdout():
+                self.client = BulletClient(connection_mode=p.DIRECT)
         c = self.client
         c.resetSimulation()
         self._cache.clear()
