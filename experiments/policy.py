@@ -173,6 +173,10 @@ def report(work: str, plan: list, out: str, note: str) -> str:
         lines += ["", f"Overall per-skill success in {o['backend']}: {rate_cell(ko, no)}; episodes {rate_cell(eo, neo)}."]
     lines += ["", "## Reproduce", "", "```bash"] + [shlex.join(c) for _, c in plan] + ["```", "",
               f"Written {datetime.date.today()} by `python experiments/policy.py`.", ""]
+    notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "policy_notes.md")
+    if os.path.exists(notes):  # hand-written reading of the results, kept next to the script
+        with open(notes, encoding="utf-8") as f:
+            lines += [f.read().rstrip(), ""]
     text = "\n".join(lines)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out + ".tmp", "w", encoding="utf-8") as f:
