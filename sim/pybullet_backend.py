@@ -20,15 +20,24 @@ TABLE_CENTER = (0.5, 0.0, -0.02)
 
 @contextlib.contextmanager
 def _quiet_stdout():
-    """Silence the C library's stdout (PyBullet prints `argv[0]=` on every DIRECT connection)."""
+    """Silence the C library's stdout (PyBullet prints `argv[0]=` on every DIRECT connection).
+
+    Best effort: where file descriptors cannot be duplicated (no real stdout, or the generated-task sandbox,
+    which disables os.dup), the line is simply printed.
+    """
+    saved = devnull = None
     try:
         fd = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):  # no real stdout (captured by Python, closed)
+        sys.stdout.flush()
+        saved = os.dup(fd)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+    except Exception:  # noqa: BLE001 - any refusal means: do not silence
+        for f in (saved, devnull):
+            if f is not None:
+                os.close(f)
         yield
         return
-    sys.stdout.flush()
-    saved, devnull = os.dup(fd), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, fd)
     try:
         yield
     finally:
