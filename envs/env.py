@@ -14,6 +14,7 @@ from taskweave.envs.registry import get_task
 from taskweave.envs.skill_check import skill_succeeded
 from taskweave.envs.symbolic import extract_state, state_to_text
 from taskweave.sim import make_backend
+from taskweave.sim._geometry import quat_yaw
 from taskweave.sim.backend import BACKENDS, UnknownBackendError
 from taskweave.sim.control import ACTION_DIM, EEDeltaController
 from taskweave.sim.skill_types import SKILLS, SkillArgumentError, SkillCall, SkillResult, SkillSyntaxError
@@ -324,8 +325,7 @@ class TaskEnv(gym.Env):
             self._sizes = np.array([(*o.footprint, o.half_height) for o in b.spec.objects[:MAX_OBJECTS]],
                                    dtype=np.float32).reshape(-1, 3)
             self._sizes_spec = b.spec
-        w, x, y, z = poses[:, 3], poses[:, 4], poses[:, 5], poses[:, 6]
-        yaw = np.arctan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
+        yaw = quat_yaw(poses[:, 3:])
         rows = np.zeros((MAX_OBJECTS, 8), dtype=np.float32)
         rows[:n, :3] = poses[:, :3]
         rows[:n, 3] = np.sin(yaw)

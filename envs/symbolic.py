@@ -6,6 +6,7 @@ import math
 import numpy as np
 
 from taskweave.envs.predicates import ObjectState, SymbolicState, ZoneState
+from taskweave.sim._geometry import quat_up_z, quat_yaw
 from taskweave.sim.backend import Backend
 
 
@@ -41,9 +42,8 @@ def extract_state(backend: Backend) -> SymbolicState:
     spec = backend.spec
     rows, zones, free = _static_rows(spec)
     poses = backend.object_poses()
-    w, x, y, z = poses[:, 3], poses[:, 4], poses[:, 5], poses[:, 6]
-    yaws = np.arctan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z)).tolist()
-    upright = (1.0 - 2.0 * (x * x + y * y) > 0.9).tolist()
+    yaws = quat_yaw(poses[:, 3:]).tolist()
+    upright = (quat_up_z(poses[:, 3:]) > 0.9).tolist()
     px, py, pz = poses[:, 0], poses[:, 1], poses[:, 2]
     visible = ((px > 0.0) & (px < 1.0) & (np.abs(py) < 0.6) & (pz > -0.05)).tolist()
     pos = poses[:, :3].copy()

@@ -9,16 +9,19 @@ def yaw_quat(yaw: float) -> np.ndarray:
     return np.array([np.cos(yaw / 2.0), 0.0, 0.0, np.sin(yaw / 2.0)])
 
 
-def quat_yaw(q) -> float:
-    """Yaw (rotation about z) of a wxyz quaternion."""
-    w, x, y, z = q
-    return float(np.arctan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z)))
+def quat_yaw(q):
+    """Yaw (rotation about z) of a wxyz quaternion: a float, or an array for (..., 4) quaternions."""
+    q = np.asarray(q, dtype=float)
+    w, x, y, z = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
+    yaw = np.arctan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
+    return float(yaw) if yaw.ndim == 0 else yaw
 
 
-def quat_up_z(q) -> float:
-    """z component of the body's local z axis in the world (1 upright, -1 upside down)."""
-    w, x, y, z = q
-    return float(1.0 - 2.0 * (x * x + y * y))
+def quat_up_z(q):
+    """z component of the body's local z axis in the world (1 upright, -1 upside down); float or array."""
+    q = np.asarray(q, dtype=float)
+    up = 1.0 - 2.0 * (q[..., 1] ** 2 + q[..., 2] ** 2)
+    return float(up) if up.ndim == 0 else up
 
 
 def look_at_axes(pos, target, up=(0.0, 0.0, 1.0)) -> tuple:

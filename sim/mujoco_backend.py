@@ -167,7 +167,6 @@ class MujocoBackend(Backend):
             else:
                 seg[g] = SEG_ROBOT
         self._geom_seg = seg
-        self._eye6 = np.eye(6)
         self._jacp, self._jacr = np.zeros((3, m.nv)), np.zeros((3, m.nv))
         self._J, self._err, self._x6 = np.zeros((6, 7)), np.zeros(6), np.zeros(6)
         self._qbuf, self._qbuf2, self._vbuf = np.zeros(4), np.zeros(4), np.zeros(3)
