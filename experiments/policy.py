@@ -17,6 +17,7 @@ import subprocess
 import sys
 
 from taskweave.envs.metrics import rate_cell
+from taskweave.policies.evaluate import skill_table, skill_totals, task_table
 
 TASKS = ["BlockInBowl", "PlaceInZone", "StackOnBlock", "PushToZone", "StackTower", "SortByColour"]
 SINGLE = "StackTower"
@@ -35,8 +36,7 @@ def val_results(work: str) -> dict:
     out = {}
     for h in HORIZONS:
         r = json.load(open(os.path.join(work, "eval", f"val_h{h}", "eval.json")))
-        out[h] = (sum(v["skill_successes"] for v in r["tasks"].values()),
-                  sum(v["skill_attempts"] for v in r["tasks"].values()))
+        out[h] = skill_totals(r)
     return out
 
 
@@ -122,16 +122,8 @@ def report(work: str, plan: list, out: str, note: str) -> str:
              f"sequence on held-out test seeds (20,000,000 and up; training seeds start at 0, validation at "
              f"10,000,000). Backend: {multi['backend']}. {note}", "",
              f"## Multitask policy: per-task and per-skill success (test seeds, action horizon "
-             f"{multi.get('action_horizon')})", "",
-             "| task | episode success [95% CI] | skill success [95% CI] |", "|---|---|---|"]
-    for t, v in multi["tasks"].items():
-        lines.append(f"| {t} | {rate_cell(v['successes'], v['episodes'])} | "
-                     f"{rate_cell(v['skill_successes'], v['skill_attempts'])} |")
-    lines += ["", "| skill | success [95% CI] |", "|---|---|"]
-    for t, v in multi["skills"].items():
-        lines.append(f"| `{t}` | {rate_cell(v['successes'], v['attempts'])} |")
-    ka = sum(v["skill_successes"] for v in multi["tasks"].values())
-    na = sum(v["skill_attempts"] for v in multi["tasks"].values())
+             f"{multi.get('action_horizon')})", "", *task_table(multi), "", *skill_table(multi)]
+    ka, na = skill_totals(multi)
     lines += ["", f"Overall per-skill success: **{rate_cell(ka, na)}**.", "",
               "## Execution horizon, chosen on validation seeds", "",
               "Actions executed from each predicted 16-step chunk before the policy replans (receding horizon). "
@@ -163,11 +155,8 @@ def report(work: str, plan: list, out: str, note: str) -> str:
         lines += ["", f"## The same policy in the other engine ({o['backend']})", "",
                   f"Demonstrations and training in {multi['backend']}; the checkpoint above evaluated unchanged in "
                   f"{o['backend']} on the same test seeds (the scenes are built from the same specs).", "",
-                  "| skill | success [95% CI] |", "|---|---|"]
-        for t, v in o["skills"].items():
-            lines.append(f"| `{t}` | {rate_cell(v['successes'], v['attempts'])} |")
-        ko = sum(v["skill_successes"] for v in o["tasks"].values())
-        no = sum(v["skill_attempts"] for v in o["tasks"].values())
+                  *skill_table(o)]
+        ko, no = skill_totals(o)
         eo = sum(v["successes"] for v in o["tasks"].values())
         neo = sum(v["episodes"] for v in o["tasks"].values())
         lines += ["", f"Overall per-skill success in {o['backend']}: {rate_cell(ko, no)}; episodes {rate_cell(eo, neo)}."]

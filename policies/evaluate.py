@@ -91,8 +91,7 @@ def summarise(per_task: dict, checkpoint: str, backend: str, split: str, wall: f
             skills[s["text"]][1] += 1
     per_skill = {t: {"successes": k, "attempts": n, "success_rate": k / n, "ci95": list(wilson_interval(k, n))}
                  for t, (k, n) in sorted(skills.items())}
-    ka = sum(v["skill_successes"] for v in tasks.values())
-    na = sum(v["skill_attempts"] for v in tasks.values())
+    ka, na = skill_totals({"tasks": tasks})
     return {"checkpoint": checkpoint, "backend": backend, "split": split, "device": str(device),
             "wall_time": round(wall, 1), "tasks": tasks, "skills": per_skill,
             "overall_skill_success_rate": ka / max(1, na), "overall_skill_ci95": list(wilson_interval(ka, na)),
@@ -100,16 +99,33 @@ def summarise(per_task: dict, checkpoint: str, backend: str, split: str, wall: f
                                                                                         tasks.values()))}
 
 
-def to_markdown(r: dict) -> str:
-    """A markdown report of an evaluation."""
-    lines = [f"Checkpoint `{r['checkpoint']}`, backend {r['backend']}, {r['split']} seeds, device {r['device']}, "
-             f"{r['wall_time']} s.", "", "| task | episode success [95% CI] | skill success [95% CI] |", "|---|---|---|"]
+def skill_totals(r: dict) -> tuple:
+    """(skill successes, skill attempts) over all tasks of an evaluation result."""
+    return (sum(v["skill_successes"] for v in r["tasks"].values()),
+            sum(v["skill_attempts"] for v in r["tasks"].values()))
+
+
+def task_table(r: dict) -> list:
+    """Markdown lines: episode and skill success with 95% intervals per task."""
+    lines = ["| task | episode success [95% CI] | skill success [95% CI] |", "|---|---|---|"]
     for t, v in r["tasks"].items():
         lines.append(f"| {t} | {rate_cell(v['successes'], v['episodes'])} | "
                      f"{rate_cell(v['skill_successes'], v['skill_attempts'])} |")
-    lines += ["", "| skill | success [95% CI] |", "|---|---|"]
+    return lines
+
+
+def skill_table(r: dict) -> list:
+    """Markdown lines: success with 95% intervals per skill text."""
+    lines = ["| skill | success [95% CI] |", "|---|---|"]
     for t, v in r["skills"].items():
         lines.append(f"| `{t}` | {rate_cell(v['successes'], v['attempts'])} |")
+    return lines
+
+
+def to_markdown(r: dict) -> str:
+    """A markdown report of an evaluation."""
+    lines = [f"Checkpoint `{r['checkpoint']}`, backend {r['backend']}, {r['split']} seeds, device {r['device']}, "
+             f"{r['wall_time']} s.", "", *task_table(r), "", *skill_table(r)]
     lines += ["", f"Overall per-skill success: {r['overall_skill_success_rate']:.1%}; episode success "
               f"{r['pc_success']:.1f}%."]
     return "\n".join(lines)
