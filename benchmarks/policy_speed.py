@@ -1,6 +1,6 @@
 """Diffusion-policy speed: latency per action chunk (DDIM-10 and DDPM-100, batch 1 and 64) and training samples/s.
 
-    python benchmarks/policy_speed.py [--device auto|cpu|cuda] [--json] [--config FILE] [--obs-mode state|rgb]
+    python benchmarks/policy_speed.py [--device auto|cpu|cuda[:N]] [--json] [--config FILE] [--obs-mode state|rgb]
 
 Without --config the model is the default state config on CUDA and a smaller one (down_dims
 64/128/256) on CPU so that a CPU run stays near two minutes; --preset full measures the real one.
@@ -21,9 +21,11 @@ import time
 
 import torch
 
-from taskweave.policies.configuration_diffusion import DiffusionConfig
-from taskweave.policies.modeling_diffusion import DiffusionPolicy
+from taskweave.policies.device import select_device
+from taskweave.policies.diffusion.configuration import DiffusionConfig
+from taskweave.policies.diffusion.modeling import DiffusionPolicy
 from taskweave.policies.train import EMA
+from taskweave.sim.errors import UserError
 
 REFERENCE_DDIM10_S = 0.1  # Chi et al.: DDIM-10 on an RTX 3080, batch 1
 
@@ -127,7 +129,7 @@ def bench_training(policy: DiffusionPolicy, batch_size: int, steps: int, device,
 def main(argv=None) -> int:
     """Run the benchmark and print a table (or JSON with --json)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     ap.add_argument("--config", help="DiffusionConfig JSON (default: the default state config)")
     ap.add_argument("--preset", default="auto", choices=("auto", "full", "small"),
@@ -147,10 +149,10 @@ def main(argv=None) -> int:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # before we add our own load
     if args.threads:
         torch.set_num_threads(args.threads)
-    dev = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-                       else "cpu")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but no CUDA GPU is available", file=sys.stderr)
+    try:
+        dev = select_device(args.device)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     cuda = dev.type == "cuda"
     repeats = args.repeats or (10 if cuda else 3)

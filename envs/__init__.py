@@ -1,4 +1,4 @@
-"""Task API, built-in task library, gymnasium envs, perturbations and task generation."""
+"""Task API, built-in task library, gymnasium envs and perturbations (task generation is `taskweave.generation`)."""
 from taskweave.envs.env import TaskEnv, make_env
 from taskweave.envs.oracle import validate_oracle
 from taskweave.envs.perturb import Perturbation, parse_perturbations

@@ -14,11 +14,11 @@ from taskweave.envs.registry import get_task
 from taskweave.envs.skill_check import skill_succeeded
 from taskweave.envs.symbolic import extract_state, state_to_text
 from taskweave.sim import make_backend
-from taskweave.sim._geometry import quat_yaw
+from taskweave.sim.geometry import quat_yaw
 from taskweave.sim.backend import BACKENDS, UnknownBackendError
 from taskweave.sim.control import ACTION_DIM, EEDeltaController
 from taskweave.sim.skill_types import SKILLS, SkillArgumentError, SkillCall, SkillResult, SkillSyntaxError
-from taskweave.sim.skills import run_skill, validate_call
+from taskweave.sim.skills import validate_call
 
 OBS_MODES = ("state", "rgb", "rgbd")
 CONTROLS = ("ee_delta", "skill")
@@ -195,26 +195,14 @@ class TaskEnv(gym.Env):
         second = ents[int(a[2])] if int(a[2]) < len(ents) else f"entity_{int(a[2])}"
         return SkillCall(name, (first, second))
 
-    def execute_skill(self, call, recorder=None) -> SkillResult:
-        """Run one skill call with the scripted controller; bad calls give an invalid_args result.
+    def execute_skill(self, call, recorder=None, controller=None) -> SkillResult:
+        """Run one skill call through the skill loop (`taskweave.envs.skill_loop`); bad calls give invalid_args.
 
-        recorder(obs, action, call), when given, is called before every control tick (demonstrations).
+        controller: what drives the arm (default: the scripted skills); recorder(obs, action, call), when
+        given, is called before every control tick (demonstrations).
         """
-        self._require_loaded()
-        call = self.check_call(call)
-        if isinstance(call, SkillResult):
-            return call
-        self.before_skill()
-
-        def apply(a):  # one control tick through the env (perturbations, grasp failures, callbacks)
-            if recorder is not None:
-                recorder(self._obs(), a, call)
-            self.apply_action(a)
-
-        result = run_skill(call, self.backend, apply, max_ticks=self.skill_max_ticks)
-        self.skill_count += 1
-        result.info["call"] = str(call)
-        return result
+        from taskweave.envs.skill_loop import run_skill_call
+        return run_skill_call(self, call, controller, recorder)
 
     def check_call(self, call):
         """The call as a valid SkillCall for this scene, or (counted as a skill) an invalid_args result."""
@@ -227,7 +215,7 @@ class TaskEnv(gym.Env):
             return SkillResult(False, "invalid_args", str(e), info={"call": str(call)})
 
     def before_skill(self) -> None:
-        """Fire perturbations scheduled before the current skill index (executors call this)."""
+        """Fire perturbations scheduled before the current skill index (the skill loop calls this)."""
         for p in self.perturbations:
             if not p.fired and p.at_skill is not None and self.skill_count >= p.at_skill:
                 self._fire(p)

@@ -6,6 +6,7 @@ import math
 import numpy as np
 
 from taskweave.sim.backend import Backend
+from taskweave.sim.geometry import top_down_yaw
 from taskweave.sim.skill_types import SKILLS, SkillCall
 
 MAX_OBJECTS = 10
@@ -19,8 +20,7 @@ TARGET_KINDS = {"none": 0.0, "object": 1.0, "container": 2.0, "zone": 3.0, "pose
 def robot_features(b: Backend, grip_closed: bool) -> np.ndarray:
     """(7,) TCP xyz, sin/cos yaw, finger opening, gripper command."""
     pos, q = b.ee_pose()
-    w, x, y, z = q  # yaw of the top-down gripper (see Backend.ee_yaw), without a second pose query
-    yaw = math.atan2(2.0 * (x * y + w * z), x * x - y * y - z * z + w * w)
+    yaw = top_down_yaw(q)  # as Backend.ee_yaw, without a second pose query
     return np.array([pos[0], pos[1], pos[2], math.sin(yaw), math.cos(yaw), b.gripper_width(),
                      1.0 if grip_closed else -1.0], dtype=np.float32)
 

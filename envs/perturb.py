@@ -8,12 +8,14 @@ from typing import Optional
 
 import numpy as np
 
+from taskweave.sim.errors import UserError
+
 
 KINDS = ("move", "remove", "knock", "grasp_fail")
 OFF_TABLE = (1.6, 0.0)
 
 
-class PerturbationError(ValueError):
+class PerturbationError(UserError, ValueError):
     """A perturbation spec that cannot be parsed or applied."""
 
 

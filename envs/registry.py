@@ -5,13 +5,14 @@ import difflib
 
 import gymnasium as gym
 
+from taskweave.sim.errors import UserError
 from taskweave.envs.task import Task
 from taskweave.envs.tasks import BUILTIN_TASKS
 
 TASKS: dict = {}
 
 
-class UnknownTaskError(KeyError):
+class UnknownTaskError(UserError, KeyError):
     """A task name that is not registered."""
 
     def __str__(self) -> str:

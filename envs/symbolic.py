@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from taskweave.envs.predicates import ObjectState, SymbolicState, ZoneState
-from taskweave.sim._geometry import quat_up_z, quat_yaw
+from taskweave.sim.geometry import quat_up_z, quat_yaw
 from taskweave.sim.backend import Backend
 
 

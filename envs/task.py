@@ -6,6 +6,7 @@ from typing import Optional
 
 import numpy as np
 
+from taskweave.sim.errors import UserError
 from taskweave.envs.predicates import P, Predicate, SymbolicState, evaluate
 from taskweave.sim.skill_types import SkillCall
 from taskweave.sim.spec import COLORS, ObjectSpec, SceneSpec, ZoneSpec
@@ -15,7 +16,7 @@ TABLE_X = (0.36, 0.64)
 TABLE_Y = (-0.24, 0.24)
 
 
-class TaskError(ValueError):
+class TaskError(UserError, ValueError):
     """A task that cannot build its scene."""
 
 

@@ -18,6 +18,7 @@ import platform
 import sys
 import time
 
+from taskweave.sim.fileio import atomic_write_json, atomic_write_text
 from taskweave.envs.metrics import rate_cell, wilson_interval
 
 TRAIN = "PlaceInZone,StackOnBlock,AllColorBlocksInBowl"
@@ -30,9 +31,9 @@ def _log(msg: str) -> None:
 
 def generate(run: str, n: int, seed: int) -> dict:
     """Offline generation into RUN/library; the run summary (reused if present)."""
-    from taskweave.envs.gen_library import TaskLibrary
-    from taskweave.envs.gen_offline import OfflineTaskComposer
-    from taskweave.envs.gen_pipeline import GenerationPipeline
+    from taskweave.generation.library import TaskLibrary
+    from taskweave.generation.offline import OfflineTaskComposer
+    from taskweave.generation.pipeline import GenerationPipeline
     stats = os.path.join(run, "generate", "stats.json")
     if os.path.exists(stats):
         with open(stats) as f:
@@ -44,7 +45,7 @@ def generate(run: str, n: int, seed: int) -> dict:
 
 def train_policy(data: str, out: str, steps: int, batch: int) -> str:
     """Train one small policy (skipped when its checkpoint exists); the run folder."""
-    from taskweave.policies.configuration_diffusion import DiffusionConfig
+    from taskweave.policies.diffusion.configuration import DiffusionConfig
     from taskweave.policies.train import train
     if os.path.exists(os.path.join(out, "checkpoints", "last.pt")):
         return out
@@ -64,8 +65,7 @@ def evaluate_policy(ckpt: str, tasks: list, episodes: int, out: str) -> dict:
     r = evaluate(ckpt, tasks, episodes, "mujoco", split="test", num_envs=8, device="cpu", progress=False)
     for t in r["tasks"].values():
         t.pop("per_episode", None)
-    with open(out, "w") as f:
-        json.dump(r, f, indent=1)
+    atomic_write_json(out, r, indent=1)
     return r
 
 
@@ -90,15 +90,14 @@ def main(argv=None) -> int:
     if args.report_only:
         with open(os.path.splitext(args.report)[0] + ".json") as f:
             rep = json.load(f)
-        with open(args.report, "w") as f:
-            f.write(to_markdown(rep, rep.get("argv")))
+        atomic_write_text(args.report, to_markdown(rep, rep.get("argv")))
         return 0
     os.makedirs(args.out, exist_ok=True)
     import torch
     torch.set_num_threads(max(1, args.threads))
     t0 = time.time()
     timing = {}
-    from taskweave.envs.gen_library import register_library
+    from taskweave.generation.library import register_library
     from taskweave.policies.collect import collect
 
     _log("generating tasks")
@@ -137,10 +136,8 @@ def main(argv=None) -> int:
               "train_tasks": sets, "heldout": heldout, "results": results, "timing": timing,
               "argv": list(sys.argv[1:] if argv is None else argv),
               "date": str(datetime.date.today()), "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
-    with open(os.path.splitext(args.report)[0] + ".json", "w") as f:
-        json.dump(report, f, indent=1)
-    with open(args.report, "w") as f:
-        f.write(to_markdown(report, argv))
+    atomic_write_json(os.path.splitext(args.report)[0] + ".json", report, indent=1)
+    atomic_write_text(args.report, to_markdown(report, argv))
     _log(f"done in {timing['total_s']} s; wrote {args.report}")
     return 0
 

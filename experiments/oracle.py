@@ -15,6 +15,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 
 from tqdm import tqdm
 
+from taskweave.sim.fileio import atomic_write_text
 from taskweave.envs.metrics import rate_cell
 
 
@@ -76,14 +77,8 @@ def main(argv=None) -> int:
             why = e["failures"][-1]["message"] if e["failures"] else "goals not met after the plan"
             lines.append(f"- {t} [{b}] seed {e['seed']}: {why} (progress {e['progress']:.2f})")
         lines.append("")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines))
-    os.replace(tmp, args.out)
-    with open(os.path.splitext(args.out)[0] + ".json.tmp", "w", encoding="utf-8") as f:
-        json.dump(results, f)
-    os.replace(os.path.splitext(args.out)[0] + ".json.tmp", os.path.splitext(args.out)[0] + ".json")
+    atomic_write_text(args.out, "\n".join(lines))
+    atomic_write_text(os.path.splitext(args.out)[0] + ".json", json.dumps(results))
     print("\n".join(lines))
     return 0
 

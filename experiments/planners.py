@@ -20,9 +20,10 @@ import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 
+from taskweave.sim.fileio import atomic_write_json, atomic_write_text
 from taskweave.planning import PLANNERS
-from taskweave.planning.offline_llm import ErrorRates
-from taskweave.planning.runner import run_episode
+from taskweave.planning.llm.offline import ErrorRates
+from taskweave.planning.episode import run_episode
 
 DEFAULT_TASKS = ("BlockInBowl", "PlaceInZone", "StackOnBlock", "StackTower", "SortByColour", "PackTray")
 # one schedule per task, fired before the N-th skill (@N); $goalN is the object of goal N (names depend on the seed)
@@ -98,7 +99,7 @@ def write_markdown(path: str, rows: list, args, command: str, elapsed: float, pl
              f"Date: {dt.date.today().isoformat()} · backend: **{args.backend}** · seeds per task: {args.seeds} · "
              f"episodes: {len(rows)} · run time: {elapsed / 60:.1f} min on {args.workers} worker(s)", "",
              "Command:", "", "```", command, "```", "",
-             "The LLM is `offline-symbolic-oracle` (`planning/offline_llm.py`): **not a language model** but the "
+             "The LLM is `offline-symbolic-oracle` (`planning/llm/offline.py`): **not a language model** but the "
              "task's symbolic model (the oracle plan of the current state) with seeded mistakes, the same for "
              f"every planner: `{json.dumps(ErrorRates.parse(args.errors).to_dict())}` (per plan line: wrong object, "
              "missing step, extra step, hallucinated object, swapped order; `judge`: a wrong deciding/critic vote). "
@@ -140,8 +141,7 @@ def write_markdown(path: str, rows: list, args, command: str, elapsed: float, pl
               "perturbation, which then fires again, so under perturbation it replays the same disturbance.",
               "- Per-episode rows: `" + os.path.basename(os.path.splitext(path)[0]) + "_episodes.json`."
               + (f" Plot: `{os.path.basename(plot)}`." if plot else " No plot (matplotlib is not installed).")]
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return head
 
 
@@ -214,8 +214,7 @@ def main(argv=None) -> int:
     elapsed = time.monotonic() - t0
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     stem = os.path.splitext(args.out)[0]
-    with open(stem + "_episodes.json", "w", encoding="utf-8") as f:
-        json.dump(rows, f, indent=1)
+    atomic_write_json(stem + "_episodes.json", rows, indent=1)
     plot = write_plot(stem + ".png", rows, args)
     command = "python experiments/planners.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None
                                                                                        else sys.argv[1:]))

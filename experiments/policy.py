@@ -16,6 +16,7 @@ import shlex
 import subprocess
 import sys
 
+from taskweave.sim.fileio import atomic_write_text
 from taskweave.envs.metrics import rate_cell
 from taskweave.policies.evaluate import skill_table, skill_totals, task_table
 
@@ -167,10 +168,7 @@ def report(work: str, plan: list, out: str, note: str) -> str:
         with open(notes, encoding="utf-8") as f:
             lines += [f.read().rstrip(), ""]
     text = "\n".join(lines)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(out + ".tmp", out)
+    atomic_write_text(out, text)
     return text
 
 
@@ -205,7 +203,7 @@ def main(argv=None) -> int:
     if not args.report:
         run(final)
     if args.export:
-        from taskweave.policies.checkpoint import export_policy
+        from taskweave.policies.diffusion.checkpoint import export_policy
         path = export_policy(long_ckpt(args.work), args.export, action_horizon=horizon)
         print(f"exported the multitask policy to {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
     print(report(args.work, plan, args.out, args.note))

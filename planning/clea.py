@@ -14,10 +14,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-from taskweave.planning.episode import EpisodeRecord
+from taskweave.planning.episode import DONE_NAMES, Episode, EpisodeRecord, format_history, outcome_line
 from taskweave.planning.grounding import GroundingError
-from taskweave.planning.harness import DONE_NAMES, Episode, format_history, outcome_line
-from taskweave.planning.replies import accept_probability, parse_subgoal_reply, parse_verdict
+from taskweave.planning.grounding import accept_probability, parse_subgoal_reply, parse_verdict
 
 DONE_HINT = " (when the task is already complete, give the single action done())"
 FIRST_BELIEF = "Nothing has been done yet; the observation below is all that is known."

@@ -1,15 +1,44 @@
-"""What a planner hands back: one `EpisodeRecord` per episode, JSON-serialisable.
+"""One planning episode, the one module for it: the record a planner hands back (`EpisodeRecord`), the
+harness every planner runs in (`Episode`) and `run_episode`, which builds the env and runs a planner.
 
-Goal-condition recall is taken at the end of the episode (not the maximum over it, a pitfall of
-the Tree-Planner code); executability is the fraction of executed skills that succeeded.
+(~460 lines: harness, record and runner share one lifecycle and are read together.)
+
+The `Episode` lets the LLM answer from the world (an offline client binds to the executor), prompts
+through the templates, counts malformed replies (never raising on them), executes skill calls through
+the `SkillExecutor` (an executor that raises ends the episode with `executor_error` instead of a
+crash), enforces step and correction budgets, and at the end fills the `EpisodeRecord`:
+
+- goal-condition recall: fraction of the task's goals that hold at the END of the episode (not the
+  maximum over it, a pitfall of the Tree-Planner code);
+- executability: fraction of attempted skill calls that were grounded and ran without failing
+  (ungrounded calls are recorded as `invalid_args` steps without reaching the executor);
+- corrections: skills chosen to recover from a failure (or a perturbation);
+- LLM calls and tokens: the client's `UsageMeter` difference over the episode; wall time.
+
+Perturbation specs given to `run_episode` are the env's (`move:red_block@2,knock@3,grasp_fail:0.5@0`),
+plus placeholders resolved against the episode's goals after reset, since object names depend on the
+seed: `$goal` / `$goalN` is the first argument of goal N (0-based), `$baseN` its second argument.
 """
 from __future__ import annotations
 
 import json
+import math
+import re
+import time
 from dataclasses import asdict, dataclass, field
-from typing import Optional
+from typing import Callable, Optional
+
+from taskweave.envs.perturb import PerturbationError
+from taskweave.planning.grounding import GroundingError, GroundingStats, format_skill_catalogue, ground_call
+from taskweave.planning.llm import LLMClient, LLMError, make_llm
+from taskweave.planning.prompts import build_messages
+from taskweave.sim.skill_types import SkillCall, SkillResult
+
+ExecutorFactory = Callable[..., object]
+_PLACEHOLDER = re.compile(r"\$(goal|base)(\d*)")
 
 
+# ---- the record ------------------------------------------------------------------------------
 @dataclass
 class StepRecord:
     """One executed skill call and its outcome."""
@@ -89,3 +118,292 @@ class EpisodeRecord:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         known["steps"] = [StepRecord(**s) for s in known.get("steps", [])]
         return cls(**known)
+
+
+# ---- the harness -----------------------------------------------------------------------------
+Trace = Callable[[dict], None]
+DONE_NAMES = frozenset({"done", "finish", "finished", "stop", "end"})
+MOVED_TOL = 0.03   # metres an object not named by a skill may drift before it counts as an unexpected change
+
+
+def format_history(lines: list) -> str:
+    """Numbered history lines for a prompt, or 'none yet'."""
+    return "\n".join(f"{i}. {line}" for i, line in enumerate(lines, 1)) if lines else "none yet"
+
+
+def outcome_line(call, result: SkillResult) -> str:
+    """One history line: the call and what came of it."""
+    if result.success:
+        return f"{call} -> ok"
+    return f"{call} -> failed ({result.failure}): {result.message}"
+
+
+def describe_subset(state, names) -> str:
+    """An observation restricted to the named objects/zones: their state, their relations and the gripper."""
+    names = [n for n in dict.fromkeys(names)]
+    lines = []
+    for n in names:
+        o = state.objects.get(n)
+        if o is not None:
+            where = f"at ({o.pos[0]:.2f}, {o.pos[1]:.2f}, {o.pos[2]:.2f})" if o.visible else "not visible"
+            lines.append(f"- {n}: {o.color} {o.category if o.category != 'block' else o.shape} {where}")
+        elif n in state.zones:
+            z = state.zones[n]
+            lines.append(f"- {n}: {z.color} zone centred at ({z.center[0]:.2f}, {z.center[1]:.2f})")
+    wanted = set(names)
+    facts = sorted(str(f) for f in state.facts if f.name != "on_table"
+                   and any(isinstance(a, str) and a in wanted for a in f.args))
+    lines.append("Relations: " + (", ".join(facts) if facts else "none"))
+    lines.append("Gripper: " + (f"holding {state.held}" if state.held else "empty"))
+    return "\n".join(lines)
+
+
+class Episode:
+    """One planning episode: LLM requests, skill execution, budgets and the record being filled."""
+
+    def __init__(self, planner: str, executor, llm: LLMClient, *, task: str = "", seed: Optional[int] = None,
+                 backend: str = "", trace: Optional[Trace] = None, max_steps: int = 40,
+                 max_corrections: int = 10, config: Optional[dict] = None):
+        """Start the clock, bind the LLM to the executor and open an EpisodeRecord."""
+        self.executor, self.llm, self.trace_fn = executor, llm, trace
+        self.max_steps, self.max_corrections = int(max_steps), int(max_corrections)
+        llm.bind(executor)   # an LLM answering from a world model (offline) reads this one
+        self.record = EpisodeRecord(task=task or getattr(executor, "task_name", ""), planner=planner,
+                                    llm=getattr(llm, "model", "") or type(llm).__name__,
+                                    backend=backend or getattr(executor, "backend_name", ""), seed=seed,
+                                    instruction=executor.instruction)
+        self.stats = GroundingStats()
+        self.malformed = 0
+        self.corrections_used = 0
+        self.stopped = False
+        self.notes: list = []
+        self.config = dict(config or {})
+        self._usage0 = llm.meter.to_dict()
+        self._t0 = time.monotonic()
+        self.seen_events: list = []   # perturbation events that fired during a skill (kept across restores)
+        self.emit("start", planner=planner, task=self.record.task, instruction=self.record.instruction)
+
+    # ---- scene --------------------------------------------------------------------------
+    @property
+    def objects(self) -> list:
+        """Object names of the scene."""
+        return list(self.executor.object_names)
+
+    @property
+    def zones(self) -> list:
+        """Zone names of the scene."""
+        return list(self.executor.zone_names)
+
+    def skill_fields(self) -> dict:
+        """The prompt fields every planning template shares: skills, objects, zones, task."""
+        return {"skills": format_skill_catalogue(), "objects": ", ".join(self.objects) or "none",
+                "zones": ", ".join(self.zones) or "none", "task": self.executor.instruction}
+
+    def events(self) -> list:
+        """The executor's perturbation events so far."""
+        return list(self.executor.events or [])
+
+    def positions(self) -> dict:
+        """Object name -> (x, y, z, visible) now, from the executor's symbolic state."""
+        st = self.executor.symbolic()
+        return {n: (float(o.pos[0]), float(o.pos[1]), float(o.pos[2]), bool(o.visible)) for n, o in st.objects.items()}
+
+    def unexpected_change(self, call, before_events: int, before_pos: dict) -> str:
+        """Why the scene changed beyond what `call` should do ('' when nothing unexpected happened)."""
+        evs = self.events()[before_events:]
+        named = set(call.objects()) if isinstance(call, SkillCall) else set()
+        moved = []
+        for n, (x, y, z, vis) in self.positions().items():
+            if n in named or n not in before_pos:
+                continue
+            bx, by, bz, bvis = before_pos[n]
+            if vis != bvis:
+                moved.append(f"{n} {'appeared' if vis else 'disappeared'}")
+            elif math.dist((x, y, z), (bx, by, bz)) > MOVED_TOL:
+                moved.append(f"{n} moved from ({bx:.2f}, {by:.2f}) to ({x:.2f}, {y:.2f})")
+        if not moved and not evs:
+            return ""
+        return "; ".join(moved) if moved else "the scene was disturbed while the skill ran"
+
+    # ---- LLM ----------------------------------------------------------------------------
+    def ask(self, prompt: str, *, tag: str, n: int = 1, temperature: float = 0.0, top_p: float = 1.0,
+            max_tokens: Optional[int] = None, **fields) -> Optional[list]:
+        """Render a template and ask for n completions; None (and the episode stopped) on an LLM error."""
+        if self.stopped:
+            return None
+        messages = build_messages(prompt, **fields)
+        try:
+            resp = self.llm.complete(messages, n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                                     tag=tag)
+        except LLMError as e:
+            self.stop(f"LLM error ({tag}): {e}")
+            return None
+        texts = [t if isinstance(t, str) else "" for t in (resp.texts or [])]
+        self.emit("llm", tag=tag, n=n, tokens=resp.total_tokens)
+        if not texts:
+            self.count_malformed(tag, "the reply had no completions")
+            return None
+        return texts
+
+    def count_malformed(self, tag: str, why: str, k: int = 1) -> None:
+        """Count k unreadable replies and note why."""
+        self.malformed += k
+        self.note(f"unreadable {tag} reply: {why}")
+
+    # ---- skills -------------------------------------------------------------------------
+    def ground(self, call: SkillCall):
+        """A GroundedCall for this scene, or a GroundingError saying why not."""
+        return ground_call(call, self.objects, self.zones, self.stats)
+
+    def execute(self, call, *, source: str, correction: bool = False) -> SkillResult:
+        """Ground and run one call, record the step and trace it; an ungrounded call fails with invalid_args."""
+        if isinstance(call, GroundingError):
+            result = SkillResult(False, "invalid_args", call.reason)
+            shown = call.call
+        else:
+            g = call if hasattr(call, "call") else self.ground(call)
+            if isinstance(g, GroundingError):
+                result, shown = SkillResult(False, "invalid_args", g.reason), g.call
+            else:
+                shown = g.call
+                n_events = len(self.events())
+                try:
+                    result = self.executor.execute(g.call)
+                except Exception as e:  # an executor bug must end this episode, not the whole run
+                    result = SkillResult(False, "executor_error", f"{type(e).__name__}: {e}")
+                    self.stop(f"executor raised {type(e).__name__} on {g.call}: {e}")
+                if not isinstance(result, SkillResult):
+                    result = SkillResult(False, "executor_error", f"executor returned {type(result).__name__}")
+                for e in self.events()[n_events:]:
+                    self.seen_events.append(str(e.get("event", e)) if isinstance(e, dict) else str(e))
+        step = self.record.add_step(shown, result, correction=correction, source=source)
+        self.emit("step", i=len(self.record.steps), call=step.call, success=step.success, failure=step.failure,
+                  message=step.message, source=source, correction=correction)
+        return result
+
+    def restore(self, snap, why: str = "") -> None:
+        """Return the scene to a snapshot (backtracking)."""
+        self.executor.restore(snap)
+        self.note(f"restored the scene{': ' + why if why else ''}")
+
+    # ---- budgets and the end --------------------------------------------------------------
+    @property
+    def steps(self) -> int:
+        """Skill calls attempted so far."""
+        return len(self.record.steps)
+
+    def budget_left(self) -> bool:
+        """False (and the episode stopped) once the step budget is spent."""
+        if self.steps >= self.max_steps:
+            self.stop(f"step budget of {self.max_steps} skills exhausted")
+        return not self.stopped
+
+    def use_correction(self) -> bool:
+        """Spend one correction; False (and the episode stopped) when the budget is gone."""
+        if self.corrections_used >= self.max_corrections:
+            self.stop(f"correction budget of {self.max_corrections} exhausted")
+            return False
+        self.corrections_used += 1
+        return True
+
+    def stop(self, error: str = "") -> None:
+        """End the episode, keeping the first error given."""
+        self.stopped = True
+        if error and not self.record.error:
+            self.record.error = error
+            self.note(error, kind="error")
+
+    def note(self, text: str, kind: str = "note") -> None:
+        """A free-text event for the trace (backtracking, replanning, critic rejections, ...)."""
+        self.notes.append(text)
+        self.emit(kind, text=text)
+
+    def emit(self, event: str, **fields) -> None:
+        """Send one event dict to the trace callback, if any."""
+        if self.trace_fn is not None:
+            self.trace_fn({"event": event, **fields})
+
+    def finish(self, **extra) -> EpisodeRecord:
+        """Fill the end-of-episode scores, usage and wall time, and return the record."""
+        rec, ex = self.record, self.executor
+        self.stopped = True
+        try:
+            rec.progress = rec.goal_condition_recall = float(ex.progress())   # fraction of goals met at the end
+            rec.success = bool(ex.is_success())
+        except Exception as e:
+            rec.error = rec.error or f"could not score the episode: {type(e).__name__}: {e}"
+        rec.executability = (sum(s.success for s in rec.steps) / len(rec.steps)) if rec.steps else 0.0
+        rec.add_usage(self.llm.meter.since(self._usage0))
+        rec.wall_time = round(time.monotonic() - self._t0, 4)
+        attempted = self.stats.grounded + self.stats.rejected
+        rec.extra.update({
+            "malformed_replies": int(self.malformed),
+            "grounding": self.stats.to_dict(),
+            "grounded_fraction": round(self.stats.grounded / attempted, 4) if attempted else None,
+            "events": list(self.seen_events),
+            "budgets": {"max_steps": self.max_steps, "max_corrections": self.max_corrections},
+            "config": self.config,
+        })
+        rec.extra.update(extra)
+        self.emit("end", success=rec.success, gcr=rec.goal_condition_recall, error=rec.error)
+        return rec
+
+
+# ---- running one episode on a task -----------------------------------------------------------
+def resolve_perturbations(spec: str, goals: list) -> str:
+    """Replace $goalN / $baseN placeholders in a perturbation spec with the episode's object names."""
+    def sub(m):
+        """The name a placeholder stands for."""
+        i = int(m.group(2) or 0)
+        if i >= len(goals):
+            raise PerturbationError(f"perturbation {spec!r} names goal {i}, but the task has {len(goals)} goal(s)")
+        args = [a for a in goals[i].args if isinstance(a, str)]
+        k = 0 if m.group(1) == "goal" else 1
+        if k >= len(args):
+            raise PerturbationError(f"perturbation {spec!r}: goal {goals[i]} has no {'base' if k else 'object'} argument")
+        return args[k]
+    return _PLACEHOLDER.sub(sub, spec or "")
+
+
+def run_episode(task, planner="tree", llm_spec: str = "offline", backend: str = "mujoco", seed: int = 0,
+                perturb: str = "", executor_factory: Optional[ExecutorFactory] = None,
+                instruction: Optional[str] = None, trace=None, *, llm=None, planner_kwargs: Optional[dict] = None,
+                llm_kwargs: Optional[dict] = None) -> EpisodeRecord:
+    """Build the env for task/seed/perturbations, wrap it in an executor and run one planner episode.
+
+    planner: a name ('tree', 'clea', 'iterative', 'openloop') or a planner object; llm: a ready client
+    (else built from llm_spec; the offline one is seeded with `seed`); executor_factory(env) -> SkillExecutor
+    (default: scripted skills); trace(event: dict) receives every step, LLM call and note.
+    """
+    from taskweave.envs import make_env, parse_perturbations
+    from taskweave.planning.executors import EnvSkillExecutor
+    from taskweave.planning.registry import make_planner
+    planner = make_planner(planner, **(planner_kwargs or {})) if isinstance(planner, str) else planner
+    own_llm = llm is None
+    if own_llm:
+        kw = dict(llm_kwargs or {})
+        if llm_spec.split(":", 1)[0] == "offline":
+            kw.setdefault("seed", seed)
+        llm = make_llm(llm_spec, **kw)
+    env = make_env(task, backend, control="skill")
+    try:
+        env.reset(seed=seed)
+        resolved = resolve_perturbations(perturb, env.task.goals) if perturb else ""
+        if resolved:
+            env.perturbations = parse_perturbations(resolved)
+            env.reset(seed=seed)
+        if instruction:
+            env.task.instruction = instruction
+        executor = executor_factory(env) if executor_factory is not None else EnvSkillExecutor(env)
+        rec = planner.run(executor, llm, task=env.task.name, seed=seed, backend=backend, trace=trace)
+        rec.extra["perturbations"] = resolved
+        rec.extra["executor"] = getattr(executor, "kind", type(executor).__name__)
+        return rec
+    finally:
+        env.close()
+        if own_llm:
+            llm.close()
+
+
+__all__ = ["EpisodeRecord", "StepRecord", "Episode", "Trace", "DONE_NAMES", "format_history", "outcome_line",
+           "describe_subset", "run_episode", "resolve_perturbations", "ExecutorFactory"]

@@ -1,32 +1,106 @@
-"""Skill executors over a `TaskEnv`: scripted skills, or any skill runner handed in (the learned policy).
+"""Skill executors: the `SkillExecutor` contract planners run skills through, and `EnvSkillExecutor`.
 
-Both satisfy the `SkillExecutor` protocol and add what the offline LLM and the planners' bookkeeping
-read from a simulated world: the oracle plan of the current state, the task goals, goal-condition
-recall and the log of perturbation events. Nothing here imports `taskweave.policies`: the learned
-policy arrives as a plain function `run_skill(env, call) -> SkillResult`.
+A planner depends on this contract only, never on `envs` internals or on `policies`. On a `TaskEnv`,
+`EnvSkillExecutor` runs every call through the env's one skill loop with a pluggable controller
+(scripted skills by default; the learned policy arrives as a `SkillController` object built by the
+caller, e.g. `taskweave.wiring.policy_executor`); over ROS 2, `taskweave.ros.ros_executor` implements
+the same contract.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Optional, Protocol, runtime_checkable
 
 from taskweave.sim.skill_types import SkillCall, SkillResult
 
-RunSkill = Callable[[Any, SkillCall], SkillResult]
+
+@runtime_checkable
+class SkillExecutor(Protocol):
+    """Runs skill calls in a scene and reports its state to a planner (and to the offline LLM)."""
+
+    kind: str            # what runs the skills ("scripted", "policy:CKPT", "ros:scripted", ...)
+    can_restore: bool    # whether restore() really rewinds the scene (a simulator undo is privileged)
+
+    @property
+    def object_names(self) -> list:
+        """Names of the objects in the scene."""
+        ...
+
+    @property
+    def zone_names(self) -> list:
+        """Names of the table zones in the scene."""
+        ...
+
+    @property
+    def instruction(self) -> str:
+        """The task's language instruction."""
+        ...
+
+    @property
+    def task_name(self) -> str:
+        """The task's registered name ('' when unknown)."""
+        ...
+
+    @property
+    def backend_name(self) -> str:
+        """The physics engine ('' on a real robot)."""
+        ...
+
+    @property
+    def goals(self) -> list:
+        """The task's goal predicates ([] when unknown); used only for scoring and by the offline LLM."""
+        ...
+
+    @property
+    def events(self) -> list:
+        """Perturbation events that have fired so far this episode."""
+        ...
+
+    def execute(self, call: SkillCall) -> SkillResult:
+        """Run one skill call to completion and report success or a failure reason."""
+        ...
+
+    def observe(self) -> str:
+        """A text observation of the current scene for the LLM."""
+        ...
+
+    def symbolic(self) -> Any:
+        """The current symbolic state (predicates over objects)."""
+        ...
+
+    def snapshot(self) -> Any:
+        """An opaque copy of the full state, for `restore`."""
+        ...
+
+    def restore(self, snap: Any) -> None:
+        """Return the scene to a state taken with `snapshot` (or say it cannot)."""
+        ...
+
+    def progress(self) -> float:
+        """Fraction of the task's goal conditions met now, in [0, 1] (the goal-condition recall)."""
+        ...
+
+    def is_success(self) -> bool:
+        """True when every goal condition holds now."""
+        ...
+
+    def oracle_plan(self) -> list:
+        """The task oracle's skill calls from the current state (the offline LLM's world model only)."""
+        ...
 
 
 class EnvSkillExecutor:
-    """Runs skill calls on a TaskEnv with its scripted controllers (`env.execute_skill`)."""
+    """Runs skill calls on a TaskEnv through its skill loop, with the scripted skills or the controller given."""
 
-    kind = "scripted"
+    can_restore = True
 
-    def __init__(self, env):
-        """Wrap an env that has already been reset."""
-        self.env = env
+    def __init__(self, env, controller=None, name: Optional[str] = None):
+        """Wrap an env that has already been reset; controller: a `SkillController` (default: scripted)."""
+        self.env, self.controller = env, controller
+        self.kind = name or (getattr(controller, "name", "") if controller is not None else "scripted")
 
-    # ---- the SkillExecutor protocol ---------------------------------------------------------
     @property
     def object_names(self) -> list:
-        """Names of the movable objects in the scene."""
+        """Names of the objects in the scene."""
         return list(self.env.object_names)
 
     @property
@@ -39,35 +113,6 @@ class EnvSkillExecutor:
         """The task's language instruction."""
         return self.env.instruction
 
-    def execute(self, call: SkillCall) -> SkillResult:
-        """Run one skill call to completion with the scripted skills."""
-        return self.env.execute_skill(call)
-
-    def observe(self) -> str:
-        """The env's text observation of the current scene."""
-        return self.env.text_observation()
-
-    def symbolic(self):
-        """The current SymbolicState."""
-        return self.env.symbolic_state()
-
-    def snapshot(self):
-        """An exact copy of the physics state and episode counters."""
-        return self.env.snapshot()
-
-    def restore(self, snap) -> None:
-        """Return the scene exactly to a snapshot."""
-        self.env.restore(snap)
-
-    def progress(self) -> float:
-        """The task's progress score now, in [0, 1]."""
-        return float(self.env.progress())
-
-    def is_success(self) -> bool:
-        """True when every goal holds and the gripper is empty."""
-        return bool(self.env.is_success())
-
-    # ---- what simulated worlds add ----------------------------------------------------------
     @property
     def task_name(self) -> str:
         """The task's registered name."""
@@ -88,50 +133,40 @@ class EnvSkillExecutor:
         """Perturbation events that have fired so far this episode."""
         return list(self.env.events)
 
-    def goal_condition_recall(self) -> float:
-        """Fraction of the task's goal predicates that hold now."""
-        from taskweave.envs.predicates import evaluate
-        goals = self.env.task.goals
-        if not goals:
-            return 0.0
-        st = self.env.symbolic_state()
-        return sum(bool(evaluate(g, st)) for g in goals) / len(goals)
+    def execute(self, call: SkillCall) -> SkillResult:
+        """Run one skill call to completion through the env's skill loop."""
+        return self.env.execute_skill(call, controller=self.controller)
+
+    def observe(self) -> str:
+        """The env's text observation of the current scene."""
+        return self.env.text_observation()
+
+    def symbolic(self):
+        """The current SymbolicState."""
+        return self.env.symbolic_state()
+
+    def snapshot(self):
+        """An exact copy of the physics state and episode counters."""
+        return self.env.snapshot()
+
+    def restore(self, snap) -> None:
+        """Return the scene exactly to a snapshot."""
+        self.env.restore(snap)
+
+    def progress(self) -> float:
+        """Fraction of the task's goals that hold now, in [0, 1]."""
+        return float(self.env.progress())
+
+    def is_success(self) -> bool:
+        """True when every goal holds and the gripper is empty."""
+        return bool(self.env.is_success())
 
     def oracle_plan(self) -> list:
         """The task oracle's skill calls from the current state (the task's symbolic model)."""
         return list(self.env.oracle_plan())
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(task={self.task_name!r}, backend={self.backend_name!r})"
+        return f"{type(self).__name__}(task={self.task_name!r}, backend={self.backend_name!r}, kind={self.kind!r})"
 
 
-class CallbackSkillExecutor(EnvSkillExecutor):
-    """Runs each skill call through `run_skill(env, call) -> SkillResult` (the learned policy's hook)."""
-
-    kind = "callback"
-
-    def __init__(self, env, run_skill: RunSkill, name: str = "callback"):
-        """Wrap an env and a skill runner; `name` labels the executor in records."""
-        if not callable(run_skill):
-            raise TypeError("run_skill must be callable as run_skill(env, call) -> SkillResult")
-        super().__init__(env)
-        self.run_skill = run_skill
-        self.kind = name
-
-    def execute(self, call: SkillCall) -> SkillResult:
-        """Check the call, fire due perturbations, run the skill through the callback and count it."""
-        env = self.env
-        call = env.check_call(call)
-        if isinstance(call, SkillResult):
-            return call
-        env.before_skill()
-        result = self.run_skill(env, call)
-        env.skill_count += 1
-        if not isinstance(result, SkillResult):
-            return SkillResult(False, "invalid_args", f"run_skill returned {type(result).__name__}, not a SkillResult",
-                               info={"call": str(call)})
-        result.info.setdefault("call", str(call))
-        return result
-
-
-__all__ = ["EnvSkillExecutor", "CallbackSkillExecutor", "RunSkill"]
+__all__ = ["SkillExecutor", "EnvSkillExecutor"]

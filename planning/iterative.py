@@ -5,12 +5,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-from taskweave.planning.episode import EpisodeRecord
+from taskweave.planning.episode import DONE_NAMES, Episode, EpisodeRecord, format_history, outcome_line
 from taskweave.planning.grounding import parse_plan
-from taskweave.planning.harness import DONE_NAMES, Episode, format_history, outcome_line
+from taskweave.planning.prompts import load_example
 
-EXAMPLE = ("Example (another scene): task 'put the red block on the blue block', history '1. pick(red_block) -> ok';"
-           " the next skill is: place(red_block, blue_block)")
 
 
 class IterativePlanner:
@@ -19,10 +17,11 @@ class IterativePlanner:
     name = "iterative"
 
     def __init__(self, max_steps: int = 40, max_corrections: int = 10, max_malformed: int = 3,
-                 temperature: float = 0.0, max_tokens: int = 64, example: str = EXAMPLE):
+                 temperature: float = 0.0, max_tokens: int = 64, example: Optional[str] = None):
         """Configure the step, correction and consecutive-malformed-reply budgets and the sampling."""
         self.max_steps, self.max_corrections, self.max_malformed = int(max_steps), int(max_corrections), int(max_malformed)
-        self.temperature, self.max_tokens, self.example = float(temperature), int(max_tokens), example
+        self.temperature, self.max_tokens = float(temperature), int(max_tokens)
+        self.example = load_example("next_step") if example is None else example
 
     def config(self) -> dict:
         """The planner's settings as a dict."""

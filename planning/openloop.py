@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-from taskweave.planning.episode import EpisodeRecord
+from taskweave.planning.episode import Episode, EpisodeRecord
 from taskweave.planning.grounding import parse_plan
-from taskweave.planning.harness import Episode
-from taskweave.planning.tree_planner import EXAMPLE
+from taskweave.planning.prompts import load_example
 
 
 class OpenLoopPlanner:
@@ -15,10 +14,10 @@ class OpenLoopPlanner:
     name = "openloop"
 
     def __init__(self, temperature: float = 0.0, max_tokens: int = 400, max_steps: int = 40,
-                 example: str = EXAMPLE):
+                 example: Optional[str] = None):
         """Configure the single sampling call and the step budget."""
-        self.temperature, self.max_tokens, self.max_steps, self.example = float(temperature), int(max_tokens), \
-            int(max_steps), example
+        self.temperature, self.max_tokens, self.max_steps = float(temperature), int(max_tokens), int(max_steps)
+        self.example = load_example("plan") if example is None else example
 
     def config(self) -> dict:
         """The planner's settings as a dict."""

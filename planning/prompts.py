@@ -13,11 +13,13 @@ import string
 from importlib import resources
 from typing import Optional
 
+from taskweave.sim.errors import UserError
+
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _HEADER = re.compile(r"^#!\s*optional\s*:(.*)$")
 
 
-class PromptError(ValueError):
+class PromptError(UserError, ValueError):
     """A prompt that does not exist or was rendered with missing or unknown fields."""
 
 
@@ -52,6 +54,16 @@ def prompt_names() -> list:
     """Names of the available templates (file names without .txt)."""
     folder = resources.files("taskweave.planning").joinpath("prompts")
     return sorted(p.name[:-4] for p in folder.iterdir() if p.name.endswith(".txt"))
+
+
+def load_example(name: str) -> str:
+    """A few-shot example text (`planning/prompts/examples/NAME.txt`), inserted into prompts as `$example`."""
+    if not _NAME.match(name or ""):
+        raise PromptError(f"bad example name {name!r}")
+    path = resources.files("taskweave.planning").joinpath("prompts", "examples", f"{name}.txt")
+    if not path.is_file():
+        raise PromptError(f"no few-shot example {name!r} in planning/prompts/examples/")
+    return path.read_text(encoding="utf-8")
 
 
 def load_prompt(name: str) -> str:

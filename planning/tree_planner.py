@@ -19,16 +19,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
-from taskweave.planning.episode import EpisodeRecord
+from taskweave.planning.episode import Episode, EpisodeRecord, describe_subset, format_history
 from taskweave.planning.grounding import LineError, clean_line, ground_plan, is_terminator
-from taskweave.planning.harness import Episode, describe_subset, format_history
-from taskweave.planning.replies import format_options, vote_option
+from taskweave.planning.prompts import load_example
+from taskweave.planning.grounding import format_options, vote_option
 from taskweave.sim.skill_types import SkillCall, SkillSyntaxError
 
 END = "[END]"
 END_OPTION = "[END] (stop: the task is complete)"
-EXAMPLE = ("Task: put the red block on the blue block\n"
-           "pick(red_block)\nplace(red_block, blue_block)\n[END]")
 
 
 def normalize_action(action) -> str:
@@ -145,12 +143,12 @@ class TreePlanner:
 
     def __init__(self, n_samples: int = 50, temperature: float = 0.8, top_p: float = 0.95, n_votes: int = 20,
                  vote_temperature: float = 0.7, max_corrections: int = 10, max_steps: int = 40,
-                 max_tokens: int = 400, example: str = EXAMPLE):
+                 max_tokens: int = 400, example: Optional[str] = None):
         """Configure sampling (N plans), deciding (k votes) and the correction and step budgets."""
         self.n_samples, self.temperature, self.top_p = int(n_samples), float(temperature), float(top_p)
         self.n_votes, self.vote_temperature = int(n_votes), float(vote_temperature)
         self.max_corrections, self.max_steps, self.max_tokens = int(max_corrections), int(max_steps), int(max_tokens)
-        self.example = example
+        self.example = load_example("plan") if example is None else example
         self.last_tree: Optional[ActionTree] = None
 
     def config(self) -> dict:
@@ -241,10 +239,7 @@ class TreePlanner:
     def _decide(self, ep: Episode, node: TreeNode, cands: list, error: str) -> Optional[TreeNode]:
         """Majority of k votes over the lettered candidates; the most popular candidate if no vote is readable."""
         names = [a for c in cands if c.call is not None for a in c.call.objects()]
-        try:
-            observation = describe_subset(ep.executor.symbolic(), names)
-        except Exception:   # an executor without a symbolic state: the full observation
-            observation = ep.executor.observe()
+        observation = describe_subset(ep.executor.symbolic(), names)
         options = format_options([END_OPTION if c.is_end else c.action for c in cands])
         history = format_history([n.action for n in node.path()])
         ep.decide_calls += 1

@@ -1,8 +1,6 @@
-"""`taskweave collect`: record oracle demonstrations (state, actions, skill text) into a zarr dataset."""
+"""Record oracle demonstrations (state, actions, skill text) into a zarr dataset (`taskweave collect` runs it)."""
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from typing import Optional
@@ -46,6 +44,7 @@ def record_episode(task: str, backend: str, seed: int, rgb_size: int = 0) -> Opt
             text = env.skill_text(call)
 
             def rec(obs, action, c):
+                """Record one control tick of the running skill."""
                 states.append(policy_state(obs["robot"], env.skill_features(c)))
                 actions.append(np.asarray(action, dtype=np.float32))
                 if rgb_size:
@@ -75,18 +74,6 @@ def record_episode(task: str, backend: str, seed: int, rgb_size: int = 0) -> Opt
 
 def _job(args) -> Optional[dict]:
     return record_episode(*args)
-
-
-def add_collect_arguments(p: argparse.ArgumentParser) -> None:
-    """Flags of `taskweave collect`."""
-    p.add_argument("--tasks", required=True, help="comma-separated task names, or 'all'")
-    p.add_argument("--episodes", type=int, required=True, help="successful train episodes per task")
-    p.add_argument("--val-episodes", type=int, default=None, help="per task (default: episodes // 10)")
-    p.add_argument("--test-episodes", type=int, default=0, help="per task, stored for reference")
-    p.add_argument("--backend", default="mujoco", choices=("mujoco", "pybullet"))
-    p.add_argument("--out", required=True, help="dataset folder (reopened and resumed if it exists)")
-    p.add_argument("--rgb", type=int, default=0, metavar="SIZE", help="also record SIZExSIZE RGB frames")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
 
 
 def collect(tasks: list, episodes: int, backend: str, out: str, val_episodes: Optional[int] = None,
@@ -138,17 +125,3 @@ def collect(tasks: list, episodes: int, backend: str, out: str, val_episodes: Op
     stats["meta"] = meta
     stats["episodes"] = writer.num_episodes
     return stats
-
-
-def collect_main(args) -> int:
-    """CLI entry of `taskweave collect`."""
-    from taskweave.envs import TASKS
-    tasks = sorted(TASKS) if args.tasks == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
-    if args.episodes < 1:
-        raise ValueError("--episodes must be at least 1")
-    stats = collect(tasks, args.episodes, args.backend, args.out, args.val_episodes, args.test_episodes,
-                    args.rgb, args.workers)
-    print(f"kept {stats['kept']} new episodes ({stats['failed']} failed oracle runs discarded, "
-          f"{stats['skipped_existing']} already present); dataset {args.out} has {stats['episodes']} episodes; "
-          f"meta: {stats['meta']}")
-    return 0

@@ -20,14 +20,15 @@ import torch
 import zarr
 from zarr.codecs import BloscCodec
 
-from .configuration_diffusion import atomic_write_text
+from taskweave.sim.errors import UserError
+from taskweave.sim.fileio import atomic_write_text
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 _ARRAYS = ("state", "action", "skill_id", "task_id")
 
 
-class DatasetError(RuntimeError):
+class DatasetError(UserError, RuntimeError):
     """A dataset that is missing, unfinalised, corrupt or inconsistent; the message names the file."""
 
 

@@ -1,7 +1,6 @@
-"""`taskweave eval`: the learned policy as the controller of each task's oracle skill sequence."""
+"""Evaluate the learned policy as the controller of each task's oracle skill sequence (`taskweave eval` runs it)."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -11,25 +10,8 @@ from collections import defaultdict
 from tqdm import tqdm
 
 from taskweave.envs.metrics import rate_cell, wilson_interval
+from taskweave.sim.fileio import atomic_write_text
 from taskweave.policies.collect import SPLIT_SEED_BASE
-
-
-def add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    """Flags of `taskweave eval`."""
-    p.add_argument("--checkpoint", required=True, help="checkpoint file or training run folder")
-    p.add_argument("--tasks", required=True, help="comma-separated task names, or 'all'")
-    p.add_argument("--episodes", type=int, default=20, help="episodes per task")
-    p.add_argument("--backend", default="mujoco", choices=("mujoco", "pybullet"))
-    p.add_argument("--split", default="test", choices=tuple(SPLIT_SEED_BASE), help="seed range (held out: test)")
-    p.add_argument("--num-envs", type=int, default=8, help="envs stepped in lockstep with batched inference")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--max-ticks", type=int, default=150, help="control ticks allowed per skill")
-    p.add_argument("--inference-steps", type=int, default=None, help="DDIM steps (default: the checkpoint's)")
-    p.add_argument("--action-horizon", type=int, default=None,
-                   help="actions executed from each predicted chunk before replanning (default: the checkpoint's)")
-    p.add_argument("--out", default=None, help="folder for eval.json, eval.md and videos")
-    p.add_argument("--video", action="store_true", help="save the first episode of each task as a video")
-    p.add_argument("--json", action="store_true")
 
 
 def evaluate(checkpoint: str, tasks: list, episodes: int, backend: str = "mujoco", split: str = "test",
@@ -37,7 +19,7 @@ def evaluate(checkpoint: str, tasks: list, episodes: int, backend: str = "mujoco
              video_dir=None, progress: bool = True, action_horizon=None) -> dict:
     """Per-task and per-skill success of the policy over held-out seeds, with 95% Wilson intervals."""
     from taskweave.envs import get_task, make_env
-    from taskweave.policies.executor import run_policy_episodes
+    from taskweave.policies.controllers import run_policy_episodes
     from taskweave.policies.runner import PolicyRunner
 
     for t in tasks:
@@ -64,7 +46,7 @@ def evaluate(checkpoint: str, tasks: list, episodes: int, backend: str = "mujoco
         for e in envs:
             e.close()
         if video_dir and frames:
-            from taskweave.video import write_video
+            from taskweave.sim.video import write_video
             write_video(os.path.join(video_dir, f"{task}.mp4"), frames)
         per_task[task] = rows
     bar.close()
@@ -131,20 +113,7 @@ def to_markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
-def eval_main(args) -> int:
-    """CLI entry of `taskweave eval`."""
-    from taskweave.envs import TASKS
-    tasks = sorted(TASKS) if args.tasks == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
-    video_dir = (args.out or "out/eval") if args.video else None
-    r = evaluate(args.checkpoint, tasks, args.episodes, args.backend, args.split, args.num_envs, args.device,
-                 args.max_ticks, args.inference_steps, video_dir, action_horizon=args.action_horizon)
-    md = to_markdown(r)
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        for name, text in (("eval.json", json.dumps(r, indent=1)), ("eval.md", md + "\n")):
-            tmp = os.path.join(args.out, name + ".tmp")
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, os.path.join(args.out, name))
-    print(json.dumps({k: v for k, v in r.items() if k != "tasks"}, indent=1) if args.json else md)
-    return 0
+def save_report(r: dict, out_dir: str) -> None:
+    """Write out_dir/eval.json (the full result) and out_dir/eval.md (the markdown report), each atomically."""
+    for name, text in (("eval.json", json.dumps(r, indent=1)), ("eval.md", to_markdown(r) + "\n")):
+        atomic_write_text(os.path.join(out_dir, name), text)

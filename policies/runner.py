@@ -7,18 +7,16 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .checkpoint import load_policy
-from .modeling_diffusion import DiffusionPolicy
-from .text_encoder import make_text_encoder
+from taskweave.sim.errors import UserError
+
+from .device import select_device
+from .diffusion import load_policy
+from .diffusion.modeling import DiffusionPolicy
+from .diffusion.text_encoder import make_text_encoder
 
 
-def pick_device(device: str = "auto") -> torch.device:
-    """Map 'auto' | 'cpu' | 'cuda[:N]' to a torch.device ('auto' prefers CUDA)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but no CUDA GPU is available")
-    return torch.device(device)
+class RunnerError(UserError, ValueError):
+    """A runner setting or task the loaded policy cannot serve (action horizon, unknown task)."""
 
 
 class PolicyRunner:
@@ -32,13 +30,13 @@ class PolicyRunner:
     def __init__(self, policy: DiffusionPolicy, num_envs: int = 1, device: Union[str, torch.device, None] = None,
                  sampler: Optional[str] = None, num_inference_steps: Optional[int] = None,
                  seed: Optional[int] = None, action_horizon: Optional[int] = None) -> None:
-        self.device = pick_device(device) if isinstance(device, str) else (device or next(policy.parameters()).device)
+        self.device = select_device(device) if isinstance(device, str) else (device or next(policy.parameters()).device)
         self.policy = policy.to(self.device).eval()
         self.config = policy.config
         most = self.config.pred_horizon - self.config.obs_horizon + 1
         ah = self.config.action_horizon if action_horizon is None else action_horizon
         if isinstance(ah, bool) or not isinstance(ah, int) or not 1 <= ah <= most:
-            raise ValueError(f"action_horizon must be an integer in 1..{most} (pred_horizon "
+            raise RunnerError(f"action_horizon must be an integer in 1..{most} (pred_horizon "
                              f"{self.config.pred_horizon}, obs_horizon {self.config.obs_horizon}), got {ah!r}")
         self.action_horizon = ah  # actions executed from each chunk before replanning
         self.num_envs = num_envs
@@ -55,7 +53,7 @@ class PolicyRunner:
                         sampler: Optional[str] = None, num_inference_steps: Optional[int] = None,
                         seed: Optional[int] = None, action_horizon: Optional[int] = None) -> "PolicyRunner":
         """Load a checkpoint file or run folder and wrap it for num_envs envs."""
-        dev = pick_device(device)
+        dev = select_device(device)
         return cls(load_policy(path, dev, use_ema=use_ema), num_envs, dev, sampler, num_inference_steps, seed,
                    action_horizon)
 
@@ -91,11 +89,11 @@ class PolicyRunner:
         """Map a task name or id to the policy's task id."""
         if isinstance(task, str):
             if task not in self.tasks:
-                raise ValueError(f"task {task!r} was not in the training data; known: {self.tasks}")
+                raise RunnerError(f"task {task!r} was not in the training data; known: {self.tasks}")
             return self.tasks.index(task)
         task = int(task)
         if not 0 <= task < self.config.num_tasks:
-            raise ValueError(f"task id {task} outside 0..{self.config.num_tasks - 1}")
+            raise RunnerError(f"task id {task} outside 0..{self.config.num_tasks - 1}")
         return task
 
     def _frames(self, obs_batch) -> list[dict]:

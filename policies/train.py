@@ -1,19 +1,19 @@
 """Train the diffusion policy on a demonstration dataset; resumable, single process or DDP under torchrun.
 
-A run folder holds config.json (the full config, dims filled in), run_info.json, metrics.jsonl,
+`taskweave train` (flags in `taskweave.commands.train`) calls `train()`. DDP: `torchrun
+--nproc_per_node=N -m taskweave.policies.train --data DIR --out RUN ...` (the same flags). A run folder holds config.json (the full config, dims filled in), run_info.json, metrics.jsonl,
 checkpoints/last.pt (full training state, rewritten every checkpoint_every steps) and
 checkpoints/step_NNNNNNN.pt (weights and EMA only), plus tensorboard/ when TensorBoard is installed.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -23,14 +23,19 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .configuration_diffusion import ConfigError, DiffusionConfig, atomic_write_text
-from .dataset import DatasetError, DemoDataset
-from .modeling_diffusion import DiffusionPolicy
-from .text_encoder import TextEncoderError, make_text_encoder
+from taskweave.sim.errors import UserError
+from taskweave.sim.fileio import atomic_write_json, atomic_write_text
+
+from .dataset import DemoDataset
+from .device import select_device
+from .diffusion import make_policy
+from .diffusion.checkpoint import load_checkpoint, save_checkpoint
+from .diffusion.configuration import DiffusionConfig
+from .diffusion.modeling import DiffusionPolicy
+from .diffusion.text_encoder import make_text_encoder
 
 
-class TrainError(RuntimeError):
+class TrainError(UserError, RuntimeError):
     """A training run that cannot start or continue (run folder state, dataset/config mismatch)."""
 
 
@@ -93,19 +98,6 @@ class EMA:
         self.min_decay, self.optimization_step = state.get("min_decay", 0.0), int(state["optimization_step"])
 
 
-def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
-    """Map 'auto' | 'cpu' | 'cuda' (or 'cuda:N') to a torch.device; 'cuda' without a GPU is an error."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise TrainError("device 'cuda' requested but no CUDA GPU is available")
-        return torch.device(device if ":" in device else f"cuda:{local_rank}")
-    if device != "cpu":
-        raise TrainError(f"unknown device {device!r}; use auto, cpu or cuda")
-    return torch.device("cpu")
-
-
 def _dist_env() -> tuple[int, int, int]:
     return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
             int(os.environ.get("LOCAL_RANK", 0)))
@@ -157,7 +149,7 @@ def train(data_dir: str, out_dir: str, config: Optional[DiffusionConfig] = None,
           progress: bool = True, log=print) -> TrainResult:
     """Train (or resume) a policy on data_dir, writing the run folder out_dir; DDP when WORLD_SIZE > 1."""
     rank, world, local_rank = _dist_env()
-    dev = resolve_device(device, local_rank)
+    dev = select_device(device, local_rank)
     own_group = False
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
@@ -175,7 +167,7 @@ def train(data_dir: str, out_dir: str, config: Optional[DiffusionConfig] = None,
         encoder = make_text_encoder(cfg.text_encoder, cfg.text_embed_dim)
         cfg = _fill_dims(cfg, ds, encoder.dim, resuming=ckpt_path is not None)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        policy = DiffusionPolicy(cfg, encoder.encode(ds.skills), ds.stats()).to(dev)
+        policy = make_policy(cfg, ds.skills, ds.tasks, ds.stats(), encoder=encoder, device=dev)
         optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
                                       foreach=True)
         lr_sched = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
@@ -204,7 +196,7 @@ def train(data_dir: str, out_dir: str, config: Optional[DiffusionConfig] = None,
         if is_main and ckpt_path is None:
             info = {"data": os.path.abspath(data_dir), "num_train_windows": len(ds), "skills": ds.skills,
                     "tasks": ds.tasks, "world_size": world, "device": str(dev), "torch": torch.__version__}
-            atomic_write_text(os.path.join(out_dir, "run_info.json"), json.dumps(info, indent=2) + "\n")
+            atomic_write_json(os.path.join(out_dir, "run_info.json"), info, indent=2)
         torch.manual_seed(cfg.seed + 1000 * rank + start)  # fresh noise on each rank and after a resume
         np.random.seed((cfg.seed + 1000 * rank + start) % 2**32)
 
@@ -308,38 +300,6 @@ def _loop(cfg, policy, model, optimizer, lr_sched, ema, batches, dev, out_dir, s
                        checkpoint=last_ckpt, policy=policy)
 
 
-def add_train_arguments(ap: argparse.ArgumentParser) -> None:
-    """Flags of `taskweave train`."""
-    ap.add_argument("--data", required=True, help="dataset folder (meta.json + data.zarr)")
-    ap.add_argument("--out", required=True, help="run folder (config, metrics, checkpoints)")
-    ap.add_argument("--config", help="JSON file of DiffusionConfig fields")
-    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    ap.add_argument("--steps", type=int, help="total optimiser steps (overrides the config)")
-    ap.add_argument("--batch-size", type=int, help="batch size per process (overrides the config)")
-    ap.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def train_main(args) -> int:
-    """Run `taskweave train` from parsed flags; returns an exit code."""
-    try:
-        cfg = DiffusionConfig.load(args.config) if args.config else None
-        res = train(args.data, args.out, cfg, device=args.device, steps=args.steps, batch_size=args.batch_size,
-                    resume=args.resume, progress=not args.no_progress)
-    except (TrainError, ConfigError, DatasetError, CheckpointError, TextEncoderError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if int(os.environ.get("RANK", 0)) == 0:
-        print(f"done: step {res.step}, loss {res.loss:.4f}, checkpoint {res.checkpoint}")
-    return 0
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command-line entry (taskweave train, or torchrun -m taskweave.policies.train): parse flags, train."""
-    ap = argparse.ArgumentParser(prog="taskweave train", description="Train the multitask diffusion policy.")
-    add_train_arguments(ap)
-    return train_main(ap.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # torchrun -m taskweave.policies.train ...: the `taskweave train` command
+    from taskweave.cli import main as _cli_main
+    sys.exit(_cli_main(["train", *sys.argv[1:]]))

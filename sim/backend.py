@@ -7,7 +7,10 @@ from typing import Optional
 
 import numpy as np
 
-from taskweave.sim.robot import FINGER_MAX, HOME_Q, top_down_quat
+from taskweave.sim.errors import UserError
+from taskweave.sim.geometry import top_down_quat, top_down_yaw
+
+from taskweave.sim.robot import FINGER_MAX, HOME_Q
 from taskweave.sim.spec import SceneSpec
 
 BACKENDS = ("mujoco", "pybullet")
@@ -16,7 +19,7 @@ BACKENDS = ("mujoco", "pybullet")
 SEG_NONE, SEG_TABLE, SEG_ROBOT, SEG_OBJECT0 = 0, 1, 2, 3
 
 
-class UnknownBackendError(ValueError):
+class UnknownBackendError(UserError, ValueError):
     """A backend name that is not one of BACKENDS."""
 
 
@@ -74,10 +77,7 @@ class Backend(ABC):
 
     def ee_yaw(self) -> float:
         """Yaw of the top-down gripper about world z."""
-        _, q = self.ee_pose()
-        w, x, y, z = q
-        # For R = Rz(yaw) Rx(pi): q = (0, cos(yaw/2), sin(yaw/2), 0) up to sign.
-        return float(np.arctan2(2.0 * (x * y + w * z), x * x - y * y - z * z + w * w))
+        return top_down_yaw(self.ee_pose()[1])
 
     def gripper_width(self) -> float:
         """Distance between the fingers (0 closed, 0.08 open)."""

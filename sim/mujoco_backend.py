@@ -9,7 +9,7 @@ import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
 from taskweave.sim import robot as R  # noqa: E402
-from taskweave.sim._geometry import container_boxes, look_at_axes, yaw_quat  # noqa: E402
+from taskweave.sim.geometry import container_boxes, look_at_axes, yaw_quat  # noqa: E402
 from taskweave.sim.backend import (SEG_NONE, SEG_OBJECT0, SEG_ROBOT, SEG_TABLE,  # noqa: E402
                                    Backend, Frame)
 from taskweave.sim.spec import SceneSpec  # noqa: E402

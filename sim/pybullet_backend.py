@@ -10,7 +10,7 @@ import pybullet as p
 from pybullet_utils.bullet_client import BulletClient
 
 from taskweave.sim import robot as R
-from taskweave.sim._geometry import container_boxes, look_at_axes, yaw_quat
+from taskweave.sim.geometry import container_boxes, look_at_axes, yaw_quat
 from taskweave.sim.backend import SEG_NONE, SEG_OBJECT0, SEG_ROBOT, SEG_TABLE, Backend, Frame
 from taskweave.sim.spec import COLORS, SceneSpec
 

@@ -29,8 +29,3 @@ def panda_urdf_text() -> str:
         return f.read().replace("package://", "")
 
 
-def top_down_quat(yaw: float) -> np.ndarray:
-    """Quaternion (w, x, y, z) of a gripper pointing down, rotated by yaw about world z."""
-    # R = Rz(yaw) * Rx(pi)
-    cy, sy = np.cos(yaw / 2.0), np.sin(yaw / 2.0)
-    return np.array([0.0, cy, sy, 0.0])

@@ -5,22 +5,25 @@ import ast
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
+from taskweave.sim.errors import UserError
+
 Arg = Union[str, float, tuple]
 
-FAILURES = (
-    "invalid_args",    # unknown skill/object/zone or wrong argument types
+FAILURES = (   # exactly the failure names the code produces (tests/test_architecture.py checks it)
+    "invalid_args",    # unknown skill/object/zone, wrong argument types, or text that is not a skill call
     "unreachable",     # target outside the arm's workspace
     "not_holding",     # place/rotate without the object in hand
     "grasp_failed",    # fingers closed on nothing
     "grasp_slipped",   # object lost while moving
     "collision",       # arm blocked (tracking error stayed large)
-    "timeout",         # a phase did not converge in its step budget
-    "missed_target",   # object released or pushed but not where asked
-    "injected",        # a perturbation made this skill fail on purpose
+    "timeout",         # a phase or a controller did not finish in its tick (or, over ROS, time) budget
+    "missed_target",   # object released or pushed but not where asked (or undone while retreating)
+    "executor_error",  # the executor raised or returned something that is not a SkillResult (planning harness)
+    "busy",            # the ROS sim node was still running another skill request
 )
 
 
-class SkillSyntaxError(ValueError):
+class SkillSyntaxError(UserError, ValueError):
     """Text that is not one skill call in the grammar name(arg, ...)."""
 
 

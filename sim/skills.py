@@ -1,16 +1,18 @@
 """Scripted, closed-loop skills (pick, place, push, rotate) that double as oracle demonstrators.
 
+(~410 lines: the four skills share their phases, grasp planning and failure checks, so they stay together.)
+
 A skill is a generator of low-level actions, one per control tick, that returns a SkillResult.
 It reads the world only through the Backend, so the same code drives MuJoCo and PyBullet.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
-from taskweave.sim._geometry import quat_yaw
+from taskweave.sim.geometry import quat_yaw, wrap_angle
 from taskweave.sim.backend import Backend
 from taskweave.sim.control import ACTION_DIM, MAX_DPOS, MAX_DYAW, YAW_LIMIT
 from taskweave.sim.skill_types import SKILLS, SkillArgumentError, SkillCall, SkillResult
@@ -19,10 +21,6 @@ from taskweave.sim.spec import WORKSPACE_HIGH, WORKSPACE_LOW, SceneSpec
 CARRY_Z = 0.16        # TCP height for transport
 MAX_FINGER_SPAN = 0.074
 WALL = 0.012          # container floor thickness (two half-thicknesses)
-
-
-def _wrap(a: float) -> float:
-    return (a + math.pi) % (2 * math.pi) - math.pi
 
 
 def _arg_kind(arg, spec: SceneSpec) -> str:
@@ -65,11 +63,11 @@ def grasp_yaw(obj_yaw: float, size_x: float, size_y: float, prefer: float = 0.0)
         options += [obj_yaw, obj_yaw + math.pi]
     if 2 * size_x <= MAX_FINGER_SPAN:
         options += [obj_yaw + math.pi / 2, obj_yaw - math.pi / 2]
-    options = [_wrap(o) for o in options]
+    options = [wrap_angle(o) for o in options]
     options = [o for o in options if abs(o) <= YAW_LIMIT]
     if not options:
         return None
-    return min(options, key=lambda o: abs(_wrap(o - prefer)))
+    return min(options, key=lambda o: abs(wrap_angle(o - prefer)))
 
 
 def finger_clearance(b: Backend, xy, yaw: float, half_span: float, exclude=()) -> float:
@@ -89,7 +87,7 @@ def finger_clearance(b: Backend, xy, yaw: float, half_span: float, exclude=()) -
 def clear_yaw(b: Backend, xy, options, half_span: float, exclude=(), prefer: float = 0.0) -> float:
     """Of equivalent gripper yaws, the one whose fingertips stay clear of neighbours (then nearest prefer)."""
     return max(options, key=lambda y: (round(min(finger_clearance(b, xy, y, half_span, exclude), 0.03), 3),
-                                       -abs(_wrap(y - prefer))))
+                                       -abs(wrap_angle(y - prefer))))
 
 
 class ScriptedSkill:
@@ -129,7 +127,7 @@ class ScriptedSkill:
         if n > max_step:
             d *= max_step / n
         a[:3] = d / MAX_DPOS
-        a[3] = np.clip(_wrap(yaw - b.ee_target_yaw) / MAX_DYAW, -1, 1)
+        a[3] = np.clip(wrap_angle(yaw - b.ee_target_yaw) / MAX_DYAW, -1, 1)
         a[4] = self._grip
         return a
 
@@ -139,7 +137,7 @@ class ScriptedSkill:
         close = 0
         for _ in range(ticks):
             ee, _ = b.ee_pose()
-            if np.linalg.norm(ee - pos) < tol and abs(_wrap(b.ee_yaw() - yaw)) < 0.08:
+            if np.linalg.norm(ee - pos) < tol and abs(wrap_angle(b.ee_yaw() - yaw)) < 0.08:
                 close += 1
                 if close > settle:
                     return True
@@ -180,7 +178,7 @@ class ScriptedSkill:
                 return self._fail("grasp_failed", f"{name} is wider than the gripper opening"), 0.0
             if yaw_offset == 0.0:
                 step = math.pi / 2 if abs(sx - sy) < 1e-6 else math.pi
-                opts = [v for v in (_wrap(yaw + k * step) for k in range(4)) if abs(v) <= YAW_LIMIT - 0.3]
+                opts = [v for v in (wrap_angle(yaw + k * step) for k in range(4)) if abs(v) <= YAW_LIMIT - 0.3]
                 yaw = clear_yaw(b, pos, opts or [yaw], 0.045, exclude=(name,), prefer=yaw)
         hh = o.half_height
         top = pos[2] + hh
@@ -265,14 +263,14 @@ class ScriptedSkill:
         offset = opos[2] - ee[2]
         yaw = b.ee_target_yaw
         if want_yaw is not None and o.shape == "box":
-            rel = _wrap(quat_yaw(oquat) - b.ee_yaw())
-            options = [_wrap(want_yaw - rel + k * math.pi / 2) for k in range(4)]
+            rel = wrap_angle(quat_yaw(oquat) - b.ee_yaw())
+            options = [wrap_angle(want_yaw - rel + k * math.pi / 2) for k in range(4)]
             options = [v for v in options if abs(v) <= YAW_LIMIT]
             if options:
-                yaw = min(options, key=lambda v: abs(_wrap(v - yaw)))
+                yaw = min(options, key=lambda v: abs(wrap_angle(v - yaw)))
         elif o.shape == "box":
             step = math.pi / 2 if abs(o.footprint[0] - o.footprint[1]) < 1e-6 else math.pi
-            opts = [v for v in (_wrap(yaw + k * step) for k in range(4)) if abs(v) <= YAW_LIMIT - 0.3]
+            opts = [v for v in (wrap_angle(yaw + k * step) for k in range(4)) if abs(v) <= YAW_LIMIT - 0.3]
             span = 2 * min(o.footprint) + 0.03
             yaw = clear_yaw(b, (x, y), opts or [yaw], span / 2 + 0.01, exclude=(name,), prefer=yaw)
         carry = max(CARRY_Z, surf + o.half_height * 2 - offset + 0.06)
@@ -337,9 +335,9 @@ class ScriptedSkill:
         p, d, dist = geometry()
         if dist < tol:
             return SkillResult(True, None, f"{self.call}: already there")
-        yaw = _wrap(math.atan2(d[1], d[0]))
+        yaw = wrap_angle(math.atan2(d[1], d[0]))
         if abs(yaw) > math.pi / 2:
-            yaw = _wrap(yaw + math.pi)
+            yaw = wrap_angle(yaw + math.pi)
         start = p - d * (r + 0.035)
         if not self._reachable(start):
             return self._fail("unreachable", "no room behind the object to push from")
@@ -367,9 +365,9 @@ class ScriptedSkill:
                 step_to = behind
             else:
                 step_to = ee[:2] + d * min(0.012, dist + 0.004)
-            yaw = _wrap(math.atan2(d[1], d[0]))
+            yaw = wrap_angle(math.atan2(d[1], d[0]))
             if abs(yaw) > math.pi / 2:
-                yaw = _wrap(yaw + math.pi)
+                yaw = wrap_angle(yaw + math.pi)
             yield self._action(b, [step_to[0], step_to[1], z_push], yaw, max_step=0.012)
         ee, _ = b.ee_pose()
         yield from self._move(b, [ee[0], ee[1], 0.12], b.ee_target_yaw, tol=0.02, ticks=15, settle=0)
@@ -398,12 +396,12 @@ class ScriptedSkill:
         if res is not None and not res.success:
             return res
         _, quat = b.object_pose(name)
-        err = abs(_wrap(quat_yaw(quat) - (yaw0 + rot)))
+        err = abs(wrap_angle(quat_yaw(quat) - (yaw0 + rot)))
         o = b.spec.object(name)
         if o.shape == "box":
-            err = min(err, abs(_wrap(quat_yaw(quat) - (yaw0 + rot) + math.pi)))
+            err = min(err, abs(wrap_angle(quat_yaw(quat) - (yaw0 + rot) + math.pi)))
         if err > math.radians(12):
-            return self._fail("missed_target", f"{name} turned {math.degrees(_wrap(quat_yaw(quat) - yaw0)):.0f} "
+            return self._fail("missed_target", f"{name} turned {math.degrees(wrap_angle(quat_yaw(quat) - yaw0)):.0f} "
                               f"degrees instead of {degrees:g}")
         return SkillResult(True, None, f"{self.call}: {name} rotated")
 
@@ -411,19 +409,3 @@ class ScriptedSkill:
 def make_skill(call: SkillCall, backend: Backend, max_ticks: int = 400) -> ScriptedSkill:
     """A scripted controller for a call, after checking it against the loaded scene."""
     return ScriptedSkill(call, backend, max_ticks=max_ticks)
-
-
-def run_skill(call: SkillCall, backend: Backend, apply: Callable, max_ticks: int = 400,
-              on_tick: Optional[Callable] = None) -> SkillResult:
-    """Run a scripted skill to completion through `apply(action)` (one control tick each)."""
-    try:
-        skill = make_skill(call, backend, max_ticks=max_ticks)
-    except SkillArgumentError as e:
-        return SkillResult(False, "invalid_args", str(e))
-    while True:
-        a = skill.act(backend)
-        if a is None:
-            return skill.result
-        apply(a)
-        if on_tick is not None:
-            on_tick(a)

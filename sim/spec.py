@@ -6,6 +6,8 @@ from typing import Optional
 
 import numpy as np
 
+from taskweave.sim.errors import UserError
+
 COLORS: dict[str, tuple[float, float, float, float]] = {
     "red": (0.85, 0.15, 0.15, 1.0),
     "green": (0.15, 0.7, 0.2, 1.0),
@@ -28,7 +30,7 @@ WORKSPACE_LOW = np.array([0.25, -0.38, 0.0])
 WORKSPACE_HIGH = np.array([0.75, 0.38, 0.45])
 
 
-class SpecError(ValueError):
+class SpecError(UserError, ValueError):
     """A scene spec that cannot be built."""
 
 

@@ -1,4 +1,4 @@
-"""Wiring between the subsystems: the learned policy as a planner's skill executor."""
+"""Wiring between the subsystems: the learned policy as a planner's skill executor, the shipped checkpoint."""
 from __future__ import annotations
 
 import os
@@ -17,25 +17,13 @@ def shipped_checkpoint() -> str:
         return DEFAULT_CHECKPOINT if os.path.isfile(DEFAULT_CHECKPOINT) else ""
 
 
-def policy_executor_factory(env, checkpoint: str, device: str = "auto", max_ticks: int = 150):
-    """A SkillExecutor that runs each skill on env with the policy loaded from checkpoint."""
-    from taskweave.planning.executors import CallbackSkillExecutor
-    from taskweave.policies.executor import PolicySkillExecutor
+def policy_executor(env, checkpoint: str, device: str = "auto", max_ticks: int = 150):
+    """A SkillExecutor that runs each skill on env through its skill loop with the policy from checkpoint."""
+    from taskweave.planning.executors import EnvSkillExecutor
+    from taskweave.policies.controllers import PolicyController
     from taskweave.policies.runner import PolicyRunner
 
     runner = PolicyRunner.from_checkpoint(checkpoint, num_envs=1, device=device, seed=0)
     task = env.task.name
     task_id = runner.task_index(task) if task in runner.tasks else 0
-    return CallbackSkillExecutor(env, PolicySkillExecutor(runner, task_id, max_ticks), name=f"policy:{checkpoint}")
-
-
-def add_plan_arguments(parser) -> None:
-    """Flags of `taskweave plan` (the planning runner's)."""
-    from taskweave.planning.runner import add_plan_arguments as add
-    add(parser)
-
-
-def plan_main(args) -> int:
-    """`taskweave plan` with the learned-policy executor available as --executor policy:CKPT."""
-    from taskweave.planning.runner import plan_main as run
-    return run(args, executor_factory=policy_executor_factory)
+    return EnvSkillExecutor(env, PolicyController(runner, task_id, max_ticks), name=f"policy:{checkpoint}")

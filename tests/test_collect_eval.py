@@ -38,7 +38,7 @@ def test_eval_cli_end_to_end_on_real_envs(tmp_path, capsys):
     import torch
 
     from taskweave.cli import main
-    from taskweave.policies.configuration_diffusion import DiffusionConfig
+    from taskweave.policies.diffusion.configuration import DiffusionConfig
     from taskweave.policies.train import train
 
     data = str(tmp_path / "ds")

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from taskweave.envs import gen_child, gen_guard
-from taskweave.envs.gen_sandbox import run_sandboxed
-from taskweave.envs.gen_static import StaticPolicyError, check_source, enforce_source
+from taskweave.generation.sandbox import child, guard
+from taskweave.generation.sandbox.launcher import run_sandboxed
+from taskweave.generation.sandbox.static import StaticPolicyError, check_source, enforce_source
 
 HOSTILE = Path(__file__).parent / "data" / "hostile"
 FAST = {"timeout_s": 6, "memory_mb": 512}
@@ -129,7 +129,7 @@ def test_static_policy_rules():
     assert check_source("x = " + "(" * 500 + ")" * 500)[0].rule == "syntax"
 
 
-@pytest.mark.parametrize("factory", [gen_guard.install_guard, gen_child.json_writer])
+@pytest.mark.parametrize("factory", [guard.install_guard, child.json_writer])
 def test_guard_and_answer_writer_use_no_patchable_globals(factory):
     """Everything the audit hook and the answer encoder consult is bound in closures: task code cannot patch it."""
     names = []
@@ -143,7 +143,7 @@ def test_guard_and_answer_writer_use_no_patchable_globals(factory):
 
 
 def test_answer_writer_matches_json():
-    enc = gen_child.json_writer()
+    enc = child.json_writer()
     value = {"a": [1, 2.5, None, True, False, "é\"\n"], "b": {"c": (3, -0.0)}, "nan": float("nan"), 7: "dropped"}
     assert json.loads(enc(value)) == {"a": [1, 2.5, None, True, False, "é\"\n"], "b": {"c": [3, -0.0]}, "nan": None}
     assert json.loads(enc({"x": object()})) == {"x": "<unserialisable>"}
@@ -266,7 +266,7 @@ def test_files_outside_the_sandbox_cannot_be_read(tmp_path):
 
 def test_network_namespace_alone_blocks_loopback():
     """The OS layer by itself, without the in-child guard: the child's loopback is not the host's."""
-    from taskweave.envs.gen_sandbox import network_isolation
+    from taskweave.generation.sandbox.launcher import network_isolation
     prefix = [p for p in network_isolation() if p != "os.unshare"]
     if not prefix:
         pytest.skip("no usable network namespace here (unshare missing or not permitted)")
@@ -289,9 +289,9 @@ def test_network_namespace_alone_blocks_loopback():
 @needs_task
 def test_in_child_privilege_drop_fallback(monkeypatch):
     """Without setpriv the child drops to nobody itself, after importing what it needs."""
-    from taskweave.envs import gen_sandbox
+    from taskweave.generation.sandbox import launcher
     if os.geteuid() != 0:
         pytest.skip("only root drops privileges")
-    monkeypatch.setattr(gen_sandbox, "privilege_drop", lambda: {"uid": 65534, "gid": 65534, "prefix": (), "caps": None})
+    monkeypatch.setattr(launcher, "privilege_drop", lambda: {"uid": 65534, "gid": 65534, "prefix": (), "caps": None})
     res = run_sandboxed(BENIGN, INSPECT, **FAST)
     assert res.ok and res.isolation["uid"] == 65534, (res.error, res.stderr, res.result)

@@ -10,13 +10,13 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from taskweave.cli import main as cli_main
-from taskweave.envs import gen_library as gl
-from taskweave.envs import gen_prompts as gp
-from taskweave.envs.gen_library import TaskLibrary, find_duplicate, register_library
-from taskweave.envs.gen_offline import OfflineTaskComposer, compose_module
-from taskweave.envs.gen_pipeline import STAGES, GenerationPipeline
-from taskweave.envs.gen_task import scene_from_data
-from taskweave.envs.gen_validate import validate_source
+from taskweave.generation import library as gl
+from taskweave.generation import prompts as gp
+from taskweave.generation.library import TaskLibrary, find_duplicate, register_library
+from taskweave.generation.offline import OfflineTaskComposer, compose_module
+from taskweave.generation.pipeline import STAGES, GenerationPipeline
+from taskweave.generation.task import scene_from_data
+from taskweave.generation.validate import validate_source
 from taskweave.envs import get_task
 from taskweave.envs.task import TaskError
 

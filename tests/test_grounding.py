@@ -7,12 +7,12 @@ import os
 import pytest
 
 from taskweave.planning.episode import EpisodeRecord, StepRecord
-from taskweave.planning.executor import SkillExecutor
+from taskweave.planning.executors import SkillExecutor
 from taskweave.planning.grounding import (GroundedCall, GroundingError, GroundingStats, closest_name,
                                           format_skill_catalogue, ground_call, ground_plan, normalize_name,
                                           parse_plan)
 from taskweave.planning.prompts import PromptError, build_messages, load_prompt, prompt_fields, prompt_names, render
-from taskweave.planning.replies import (accept_probability, format_options, parse_option, parse_subgoal_reply,
+from taskweave.planning.grounding import (accept_probability, format_options, parse_option, parse_subgoal_reply,
                                         parse_verdict, vote_option)
 from taskweave.sim.skill_types import SKILLS, SkillCall, SkillResult
 
@@ -247,9 +247,17 @@ def test_optional_fields_and_messages():
 # ---------------------------------------------------------------- executor protocol and episode record
 
 class FakeExecutor:
+    kind = "fake"
+    can_restore = False
     object_names = ["a"]
     zone_names = ["z"]
     instruction = "pick a"
+    task_name = backend_name = ""
+    goals: list = []
+    events: list = []
+
+    def oracle_plan(self):
+        return []
 
     def execute(self, call):
         return SkillResult(True)

@@ -11,8 +11,8 @@ import pytest
 
 from taskweave.planning import llm as llm_mod
 from taskweave.planning.llm import LLMClient, LLMError, LLMResponse, UnknownLLMBackendError, UsageMeter, make_llm
-from taskweave.planning.openai_client import OpenAIClient
-from taskweave.planning.replay import ReplayClient, canonical_request, request_key
+from taskweave.planning.llm.openai_client import OpenAIClient
+from taskweave.planning.llm.replay import ReplayClient, canonical_request, request_key
 
 MSGS = [{"role": "system", "content": "You plan."}, {"role": "user", "content": "Stack the blocks."}]
 

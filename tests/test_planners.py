@@ -13,10 +13,14 @@ from taskweave.envs import P, make_env
 from taskweave.planning import make_planner
 from taskweave.planning.clea import CleaAgent
 from taskweave.planning.episode import EpisodeRecord
-from taskweave.planning.executors import CallbackSkillExecutor, EnvSkillExecutor
+from taskweave.commands.plan import add_arguments as add_plan_arguments
+from taskweave.commands.plan import run as plan_main
+from taskweave.envs.skill_loop import ScriptedController
+from taskweave.planning.episode import resolve_perturbations, run_episode
+from taskweave.planning.executors import EnvSkillExecutor
 from taskweave.planning.llm import LLMClient, LLMError, LLMResponse, make_llm
-from taskweave.planning.offline_llm import MODEL_NAME, ErrorRates, OfflineLLM
-from taskweave.planning.runner import add_plan_arguments, plan_main, resolve_perturbations, run_episode
+from taskweave.planning.llm.offline import MODEL_NAME, ErrorRates, OfflineLLM
+from taskweave.sim.errors import UserError
 from taskweave.planning.tree_planner import END, ActionTree, TreePlanner
 from taskweave.sim.skill_types import SkillCall
 
@@ -252,20 +256,25 @@ def test_record_round_trips_through_json():
 
 # ---------------------------------------------------------------- executors and the command
 
-def test_callback_executor_and_plan_command(capsys):
+def test_controller_executor_and_plan_command(capsys):
     ran = []
 
-    def run_skill(env, call):
-        ran.append(str(call))
-        return env.execute_skill(call)
+    class CountingController(ScriptedController):
+        name = "fake-policy"
+
+        def start(self, run):
+            ran.append(str(run.call))
+            super().start(run)
 
     rec = run_episode("StackOnBlock", "openloop", seed=0, llm_spec="offline:none",
-                      executor_factory=lambda env: CallbackSkillExecutor(env, run_skill, name="fake-policy"))
+                      executor_factory=lambda env: EnvSkillExecutor(env, CountingController()))
     assert rec.success and rec.extra["executor"] == "fake-policy" and len(ran) == 2
     p = argparse.ArgumentParser()
     add_plan_arguments(p)
-    assert plan_main(p.parse_args(["--task", "StackOnBlock", "--executor", "policy:x.pt"])) == 2
-    assert "executor_factory" in capsys.readouterr().err
+    with pytest.raises(UserError, match="checkpoint not found: x.pt"):
+        plan_main(p.parse_args(["--task", "StackOnBlock", "--executor", "policy:x.pt"]))
+    with pytest.raises(UserError, match="unknown executor"):
+        plan_main(p.parse_args(["--task", "StackOnBlock", "--executor", "magic"]))
     assert plan_main(p.parse_args(["--task", "StackOnBlock", "--planner", "openloop", "--json"])) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["planner"] == "openloop" and out["task"] == "StackOnBlock"

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from taskweave.policies.checkpoint import CheckpointError, load_checkpoint, load_policy, save_checkpoint
-from taskweave.policies.configuration_diffusion import ConfigError, DiffusionConfig
-from taskweave.policies.modeling_diffusion import ConditionalUnet1D, DiffusionPolicy, RgbEncoder
-from taskweave.policies.normalize import MinMaxNormalizer
-from taskweave.policies.text_encoder import (BuiltinTextEncoder, TextEncoderError, make_text_encoder)
+from taskweave.policies.diffusion.checkpoint import CheckpointError, load_checkpoint, load_policy, save_checkpoint
+from taskweave.policies.diffusion.configuration import ConfigError, DiffusionConfig
+from taskweave.policies.diffusion.modeling import ConditionalUnet1D, DiffusionPolicy, RgbEncoder
+from taskweave.policies.diffusion.normalize import MinMaxNormalizer
+from taskweave.policies.diffusion.text_encoder import (BuiltinTextEncoder, TextEncoderError, make_text_encoder)
 
 STATE_DIM, ACTION_DIM = 11, 5
 
@@ -300,9 +300,9 @@ def test_corrupt_checkpoints_raise_error_naming_the_file(tmp_path):
 def test_export_keeps_the_ema_policy_and_drops_training_state(tmp_path):
     """An exported checkpoint predicts exactly like the EMA policy it came from, without optimizer state."""
     import torch
-    from taskweave.policies.checkpoint import export_policy, load_checkpoint, load_policy, save_checkpoint
-    from taskweave.policies.configuration_diffusion import DiffusionConfig
-    from taskweave.policies.modeling_diffusion import DiffusionPolicy
+    from taskweave.policies.diffusion.checkpoint import export_policy, load_checkpoint, load_policy, save_checkpoint
+    from taskweave.policies.diffusion.configuration import DiffusionConfig
+    from taskweave.policies.diffusion.modeling import DiffusionPolicy
 
     cfg = DiffusionConfig(down_dims=(16, 32), diffusion_step_embed_dim=16, state_dim=4, action_dim=2, num_tasks=1,
                           num_skills=1, state_feature_dim=16, state_hidden_dim=16).validate()
@@ -318,3 +318,26 @@ def test_export_keeps_the_ema_policy_and_drops_training_state(tmp_path):
     g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
     torch.testing.assert_close(a.predict_action_chunk(batch, generator=g1), b.predict_action_chunk(batch, generator=g2))
     assert b.step == 7 and b.skills == ["pick(block)"]
+
+
+def test_select_device_is_one_picker_with_one_error(monkeypatch):
+    """'auto' falls back to the CPU; unknown names and CUDA without a GPU raise a UserError naming value and choices."""
+    from taskweave.policies.device import DeviceError, select_device
+    from taskweave.policies.diffusion import make_policy
+    from taskweave.sim.errors import UserError
+
+    assert issubclass(DeviceError, UserError)
+    assert select_device("cpu") == torch.device("cpu") == select_device(torch.device("cpu"))
+    for bad in ("bogus", "cuda:x", "gpu", 3):
+        with pytest.raises(DeviceError, match="choices: auto, cpu, cuda, cuda:N"):
+            select_device(bad)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert select_device("auto") == torch.device("cpu") == select_device("auto", local_rank=3)
+    for name in ("cuda", "cuda:1"):
+        with pytest.raises(DeviceError, match=f"'{name}'.*no CUDA GPU"):
+            select_device(name)
+    cfg = DiffusionConfig(state_dim=3, action_dim=2, num_tasks=1, down_dims=(16, 32), text_embed_dim=8)
+    with pytest.raises(DeviceError, match="bogus"):
+        make_policy(cfg, ["pick(a)"], device="bogus")
+    p = make_policy(cfg, ["pick(a)", "place(a, b)"], ["T"])
+    assert p.skills == ["pick(a)", "place(a, b)"] and p.tasks == ["T"] and p.skill_table.shape == (2, 8)

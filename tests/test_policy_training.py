@@ -11,11 +11,11 @@ import torch
 import zarr
 
 from taskweave.policies import dataset as dataset_mod
-from taskweave.policies.checkpoint import load_checkpoint
-from taskweave.policies.configuration_diffusion import DiffusionConfig
+from taskweave.policies.diffusion.checkpoint import load_checkpoint
+from taskweave.policies.diffusion.configuration import DiffusionConfig
 from taskweave.policies.dataset import DatasetError, DatasetWriter, DemoDataset
 from taskweave.policies.runner import PolicyRunner
-from taskweave.policies.train import TrainError, main, train
+from taskweave.policies.train import TrainError, train
 
 SKILLS = ("pick(red_block)", "place(red_block, green_bowl)")
 TARGETS = (np.array([0.3, 0.2, 0.0]), np.array([-0.3, -0.1, 0.2]))
@@ -169,7 +169,7 @@ def test_finalize_is_atomic(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(dataset_mod.os, "replace", broken_replace)
-    monkeypatch.setattr("taskweave.policies.configuration_diffusion.os.replace", broken_replace)
+    monkeypatch.setattr("taskweave.sim.fileio.os.replace", broken_replace)
     with pytest.raises(OSError):
         w.finalize()
     monkeypatch.undo()
@@ -265,23 +265,29 @@ def test_ddp_two_gloo_ranks_keep_identical_weights(demo_dir, tmp_path):
     assert ckpt["step"] == 3
     assert all(torch.equal(ckpt["model"][k], w0[k]) for k in w0), "rank 0 saved the weights it trained"
     torch.manual_seed(DiffusionConfig().seed)  # the initial weights train() starts from on every rank
-    from taskweave.policies.modeling_diffusion import DiffusionPolicy
+    from taskweave.policies.diffusion.modeling import DiffusionPolicy
     init = DiffusionPolicy(ckpt["config"]).state_dict()
     assert not torch.equal(init["unet.final_conv.1.weight"], w0["unet.final_conv.1.weight"]), "weights moved"
 
 
 def test_cli_main_writes_run_and_reports_errors(demo_dir, tmp_path, capsys):
+    from taskweave.cli import main
     cfg_path = tmp_path / "cfg.json"
     tiny_config(steps=50).save(str(cfg_path))
     out = tmp_path / "run"
-    rc = main(["--data", demo_dir, "--out", str(out), "--config", str(cfg_path), "--device", "cpu",
+    rc = main(["train", "--data", demo_dir, "--out", str(out), "--config", str(cfg_path), "--device", "cpu",
                "--steps", "2", "--batch-size", "4", "--no-progress"])
     assert rc == 0
     saved = DiffusionConfig.load(str(out / "config.json"))
     assert saved.steps == 2 and saved.batch_size == 4
     assert os.path.exists(out / "checkpoints" / "last.pt") and os.path.exists(out / "run_info.json")
-    assert main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r2"), "--no-progress"]) == 2
-    assert "missing" in capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r2"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "missing" in err and len(err.strip().splitlines()) == 1, "a one-line error, no traceback"
+    assert main(["train", "--data", demo_dir, "--out", str(tmp_path / "r3"), "--device", "bogus"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'bogus'" in err and "auto, cpu, cuda" in err
 
 
 # ----------------------------------------------------------------------------- runner
@@ -335,7 +341,7 @@ def test_runner_action_horizon_override_replans_sooner_and_is_checked(trained_ru
         with pytest.raises(ValueError, match="action_horizon"):
             PolicyRunner.from_checkpoint(out, num_envs=1, device="cpu", action_horizon=bad)
     # an exported checkpoint can carry the execution horizon as its default; the weights are unchanged
-    from taskweave.policies.checkpoint import export_policy, load_policy
+    from taskweave.policies.diffusion.checkpoint import export_policy, load_policy
     dst = export_policy(out, str(tmp_path / "p.pt"), action_horizon=4)
     assert PolicyRunner.from_checkpoint(dst, num_envs=1, device="cpu").action_horizon == 4
     a, b = load_policy(out, "cpu"), load_policy(dst, "cpu")

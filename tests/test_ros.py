@@ -387,9 +387,9 @@ def test_sim_node_follows_absolute_tcp_targets(graph, backend):
 def test_checkpoint_policy_node_commands_the_arm(graph, tmp_path):
     """The real PolicyRunner path with a tiny untrained checkpoint: loads, acts, publishes sane commands."""
     pytest.importorskip("torch")
-    from taskweave.policies.checkpoint import save_checkpoint
-    from taskweave.policies.configuration_diffusion import DiffusionConfig
-    from taskweave.policies.modeling_diffusion import DiffusionPolicy
+    from taskweave.policies.diffusion.checkpoint import save_checkpoint
+    from taskweave.policies.diffusion.configuration import DiffusionConfig
+    from taskweave.policies.diffusion.modeling import DiffusionPolicy
     cfg = DiffusionConfig(state_dim=23, action_dim=5, num_tasks=1, num_skills=1, down_dims=(16, 32),
                           diffusion_step_embed_dim=16, state_feature_dim=16, state_hidden_dim=32, skill_cond_dim=8,
                           task_embed_dim=4, text_embed_dim=16, num_inference_steps=2, pred_horizon=8,

@@ -11,6 +11,8 @@ from typing import Iterable, Optional
 
 import numpy as np
 
+from taskweave.sim.geometry import top_down_quat_xyzw, top_down_yaw_xyzw as yaw_from_quat_xyzw, wrap_angle  # noqa: F401 (re-exported for nodes)
+
 DEFAULT_RMW = "rmw_fastrtps_cpp"
 
 # topic -> (message type "pkg/Type", QoS kind); the node modules hold no other topic names.
@@ -112,27 +114,12 @@ def overrides(spec: dict, values: dict) -> list:
     return out
 
 
-# ---- geometry --------------------------------------------------------------------------
-def yaw_from_quat_xyzw(x: float, y: float, z: float, w: float) -> float:
-    """Heading of the frame's x axis about world z (the gripper yaw for a top-down TCP)."""
-    return float(math.atan2(2.0 * (x * y + w * z), w * w + x * x - y * y - z * z))
-
-
-def top_down_quat_xyzw(yaw: float) -> tuple:
-    """ROS (x, y, z, w) quaternion of a gripper pointing down, turned by yaw about world z."""
-    return (math.cos(yaw / 2.0), math.sin(yaw / 2.0), 0.0, 0.0)
-
-
+# ---- geometry (the maths lives in taskweave.sim.geometry) ---------------------------
 def fill_pose(pose, pos, quat_wxyz) -> None:
     """Write a position and a (w, x, y, z) quaternion into a geometry_msgs/Pose."""
     pose.position.x, pose.position.y, pose.position.z = (float(v) for v in np.asarray(pos).reshape(-1)[:3])
     w, x, y, z = (float(v) for v in quat_wxyz)
     pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = x, y, z, w
-
-
-def wrap_angle(a: float) -> float:
-    """An angle wrapped to [-pi, pi)."""
-    return (a + math.pi) % (2 * math.pi) - math.pi
 
 
 # ---- spinning --------------------------------------------------------------------------

@@ -4,8 +4,9 @@ Two ways to run a skill:
 - scripted: send `{"id", "skill"}` on `/taskweave/skill_request`, wait for the matching
   `/taskweave/skill_result` (the sim runs its scripted controller);
 - policy: name the skill on `/taskweave/current_skill` and watch `/taskweave/symbolic_state`
-  until the skill's postcondition holds for `settle_ticks` observations and, after a release,
-  the arm has lifted clear (as `policies.executor.SkillTracker` does), or a timeout.
+  and apply the skill loop's `PostconditionRule` (`taskweave.envs.skill_loop`) to the states that
+  arrive: the postcondition holds for `settle_ticks` observations and, after a release, the arm has
+  lifted clear; or a timeout.
 
 A physical scene cannot be restored: `snapshot()` returns a marker and `restore()` only logs, so a
 backtracking planner continues from the scene as it is. When the state names a registered task and
@@ -19,8 +20,8 @@ import uuid
 from typing import Callable, Optional
 
 from taskweave.envs.skill_check import skill_succeeded
+from taskweave.envs.skill_loop import PostconditionRule
 from taskweave.envs.symbolic import state_to_text
-from taskweave.policies.executor import RETREAT_TICKS, RETREAT_Z
 from taskweave.ros.common import Latest
 from taskweave.ros.state_json import symbolic_from_dict
 from taskweave.sim.skill_types import SkillCall, SkillResult
@@ -83,6 +84,11 @@ class RosSkillExecutor:
         """The scene seed of the sim (None on a real robot)."""
         return self.latest().get("seed")
 
+    @property
+    def events(self) -> list:
+        """Perturbation events (none are reported over ROS)."""
+        return []
+
     def symbolic(self):
         """The current SymbolicState, rebuilt from the state topic."""
         return symbolic_from_dict(self.latest())
@@ -129,11 +135,6 @@ class RosSkillExecutor:
         if t is None:
             raise RuntimeError("the state names no registered task, so there is no oracle plan")
         return list(t.oracle_plan(self.symbolic()))
-
-    def goal_condition_recall(self) -> float:
-        """Fraction of the task's goals that hold now (the state's progress when goals are unknown)."""
-        t = self.task()
-        return float(t.progress(self.symbolic())) if t is not None else self.progress()
 
     def progress(self) -> float:
         """Fraction of the goals met now (0.0 when nobody knows the goals)."""
@@ -185,7 +186,8 @@ class RosSkillExecutor:
         seq0 = self.latest().get("seq")
         link.publish_current(str(call))
         t0 = time.monotonic()
-        held, seen, done_at, last_count, silent_since = 0, 0, None, link.state.count, None
+        rule = PostconditionRule(call, settle=self.settle_ticks)
+        seen, last_count, silent_since = 0, link.state.count, None
         try:
             while True:
                 if link.stop.is_set():
@@ -210,16 +212,10 @@ class RosSkillExecutor:
                 ok = skill_succeeded(call, symbolic_from_dict(d), before)
                 seen += 1
                 tick = d["seq"] if isinstance(d.get("seq"), int) else seen   # control ticks, when the state says
-                if done_at is None:
-                    held = held + 1 if ok else 0
-                    if held >= self.settle_ticks:
-                        done_at = tick
-                if done_at is not None and (call.name == "pick" or float(d["robot"][2]) > RETREAT_Z
-                                            or tick - done_at >= RETREAT_TICKS):
-                    # as in policies.executor: after a release the policy lifts clear before the next skill
-                    if ok:
-                        return SkillResult(True, None, f"{call}: done by the policy", self._ticks(seq0))
-                    return SkillResult(False, "missed_target", f"{call}: undone while retreating", self._ticks(seq0))
+                result = rule.update(ok, float(d["robot"][2]), tick)
+                if result is not None:
+                    result.steps = self._ticks(seq0)
+                    return result
         finally:
             link.publish_current("")
 

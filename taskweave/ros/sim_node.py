@@ -27,6 +27,7 @@ from std_msgs.msg import String
 from taskweave.envs import make_env
 from taskweave.envs.observation import SKILL_FEATURE_DIM, robot_features, skill_features, skill_text
 from taskweave.envs.skill_check import skill_succeeded
+from taskweave.envs.skill_loop import ScriptedController, start_run
 from taskweave.envs.symbolic import state_to_text
 from taskweave.ros.common import (declare_params, fill_pose, make_pub, make_sub, run_single_node, wrap_angle,
                                   yaw_from_quat_xyzw)
@@ -34,8 +35,7 @@ from taskweave.ros.params import SIM_PARAMETERS
 from taskweave.ros.state_json import encode_state, parse_skill, symbolic_to_dict
 from taskweave.sim.control import GRIPPER_OPEN_WIDTH, MAX_DPOS, MAX_DYAW
 from taskweave.sim.robot import ARM_JOINTS, FINGER_JOINTS
-from taskweave.sim.skill_types import SkillArgumentError, SkillResult
-from taskweave.sim.skills import make_skill, validate_call
+from taskweave.sim.skill_types import SkillResult
 
 GRIPPER_CLOSED_WIDTH = 0.001   # a commanded width at or below this closes the fingers with force
 
@@ -79,8 +79,9 @@ class SimNode(Node):
         self.last_cmd = None          # monotonic time of the newest ee_command
         self.watchdog = "idle"
         self._last_wd_pub = 0.0
-        self.skill = None             # running scripted skill
-        self.skill_req, self.skill_before = None, None
+        self.scripted = ScriptedController()
+        self.skill = None             # the SkillRun of the running scripted skill
+        self.skill_req = None
         self.requests = []
         self.current = ""             # skill named on /taskweave/current_skill
         self.current_before = None
@@ -183,44 +184,35 @@ class SimNode(Node):
         return a
 
     def _start_requests(self) -> None:
+        """Start queued skill requests through the env's skill loop (one at a time; others are `busy`)."""
         while self.requests:
             req = self.requests.pop(0)
-            text = str(req.get("skill", ""))
             if self.skill is not None:
                 self._result(req, SkillResult(False, "busy", f"{self.skill.call} is still running"))
                 continue
-            call = parse_skill(text)
-            try:
-                if call is None:
-                    raise SkillArgumentError(f"not a skill call: {text!r}")
-                validate_call(call, self.env.backend.spec)
-            except SkillArgumentError as e:
-                self.env.skill_count += 1
-                self._result(req, SkillResult(False, "invalid_args", str(e)))
+            run = start_run(self.env, str(req.get("skill", "")), self.scripted)
+            if run.done:                   # an invalid call: counted by the loop, answered at once
+                self._result(req, run.result, run)
                 continue
-            self.env.before_skill()
-            self.skill = make_skill(call, self.env.backend, max_ticks=self.env.skill_max_ticks)
-            self.skill_req, self.skill_before = req, self.env.symbolic_state()
+            self.skill, self.skill_req = run, req
             self._set_watchdog("skill")
 
     def _skill_tick(self) -> None:
-        a = self.skill.act(self.env.backend)
-        if a is not None:
-            self.env.apply_action(a)
+        """One control tick of the running scripted skill."""
+        run = self.skill
+        result = run.advance(self.scripted)
+        if result is None:
             return
-        self.env.skill_count += 1
-        result = self.skill.result
         self.skill, req = None, self.skill_req
         self.target, self.last_cmd, self.grip_width = None, None, None   # never resume an old command
         self._set_watchdog("idle")
-        self._result(req, result)
+        self._result(req, result, run)
 
-    def _result(self, req: dict, result) -> None:
+    def _result(self, req: dict, result, run=None) -> None:
         d = {"id": req.get("id"), "skill": str(req.get("skill", "")), **result.to_dict(), "seq": int(self.env.steps),
              "progress": self.env.progress(), "task_success": self.env.is_success()}
-        call = parse_skill(d["skill"])
-        if call is not None and result.failure not in ("invalid_args", "busy"):
-            d["postcondition"] = self.env.skill_succeeded(call, self.skill_before)
+        if run is not None and run.before is not None:
+            d["postcondition"] = self.env.skill_succeeded(run.call, run.before)
         self._publish_str("/taskweave/skill_result", encode_state(d))
 
     def _set_watchdog(self, state: str) -> None:

@@ -19,7 +19,7 @@ class Hostile(Task):
             pass
         mods["json"].JSONEncoder.encode = lambda self, o: FAKE
         mods["json"].dumps = lambda *a, **k: FAKE
-        for child in (mods["__main__"], mods["taskweave.envs.gen_child"]):
+        for child in (mods["__main__"], mods["taskweave.generation.sandbox.child"]):
             child.json_writer = lambda: (lambda payload: FAKE)
             child.plain = lambda *a, **k: {}
             child.error_info = lambda exc: {}

@@ -1,0 +1,226 @@
+"""Configuration of the multitask diffusion policy: one dataclass, validated, JSON round trip."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from taskweave.sim.errors import UserError
+from taskweave.sim.fileio import atomic_write_json
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration value, key or file that is not acceptable; the message names the field."""
+
+
+_TUPLE_FIELDS = ("down_dims", "betas", "rgb_channels", "image_shape")
+
+
+@dataclass
+class DiffusionConfig:
+    """Hyper-parameters of model, noise schedule, optimiser and training loop (Diffusion Policy defaults)."""
+
+    # observations and horizons
+    obs_mode: str = "state"               # "state" or "rgb" (rgb also uses the state vector)
+    obs_horizon: int = 2
+    pred_horizon: int = 16
+    action_horizon: int = 8
+    # filled from the dataset's meta.json by train(); None until then
+    state_dim: Optional[int] = None
+    action_dim: Optional[int] = None
+    num_tasks: Optional[int] = None
+    num_skills: Optional[int] = None
+    image_shape: Optional[tuple] = None   # (H, W, 3) of stored frames, rgb only
+    # U-Net
+    down_dims: tuple = (256, 512, 1024)
+    kernel_size: int = 5
+    n_groups: int = 8
+    diffusion_step_embed_dim: int = 128
+    # observation / conditioning encoders
+    state_feature_dim: int = 128
+    state_hidden_dim: int = 256
+    crop_size: int = 84                   # square crop of the stored frame (random in training)
+    rgb_channels: tuple = (32, 64, 128)
+    num_keypoints: int = 32
+    rgb_feature_dim: int = 64
+    text_encoder: str = "builtin"         # "builtin" or a local sentence-transformers folder
+    text_embed_dim: int = 256             # output size of the builtin encoder
+    skill_cond_dim: int = 64
+    task_embed_dim: int = 32
+    # noise schedule and sampling
+    num_train_timesteps: int = 100
+    beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: str = "epsilon"
+    clip_sample: bool = True
+    clip_sample_range: float = 1.0
+    sampler: str = "ddim"                 # "ddim" or "ddpm"
+    num_inference_steps: int = 10
+    # EMA
+    use_ema: bool = True
+    ema_power: float = 0.75
+    ema_max_decay: float = 0.9999
+    # optimiser and schedule
+    lr: float = 1e-4
+    betas: tuple = (0.95, 0.999)
+    weight_decay: float = 1e-6
+    lr_scheduler: str = "cosine"
+    warmup_steps: int = 500
+    grad_clip_norm: float = 10.0
+    # training loop
+    batch_size: int = 64
+    steps: int = 50_000
+    seed: int = 0
+    num_workers: int = 0
+    log_every: int = 100
+    checkpoint_every: int = 5_000
+    use_amp: bool = True                  # bf16 autocast on CUDA only
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        for name in _TUPLE_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, list):
+                setattr(self, name, tuple(value))
+        self.validate()
+
+    def validate(self) -> "DiffusionConfig":
+        """Check every field; raise ConfigError naming the first bad one."""
+        def need(cond: bool, name: str, what: str) -> None:
+            if not cond:
+                raise ConfigError(f"config field '{name}' = {getattr(self, name)!r}: {what}")
+
+        def pos_int(name: str, allow_none: bool = False) -> None:
+            v = getattr(self, name)
+            if v is None and allow_none:
+                return
+            need(isinstance(v, int) and not isinstance(v, bool) and v > 0, name, "must be a positive integer")
+
+        for name in ("obs_horizon", "pred_horizon", "action_horizon", "kernel_size", "n_groups",
+                     "diffusion_step_embed_dim", "state_feature_dim", "state_hidden_dim", "crop_size",
+                     "num_keypoints", "rgb_feature_dim", "text_embed_dim", "skill_cond_dim",
+                     "task_embed_dim", "num_train_timesteps", "num_inference_steps", "batch_size",
+                     "steps", "log_every", "checkpoint_every"):
+            pos_int(name)
+        for name in ("state_dim", "action_dim", "num_tasks", "num_skills"):
+            pos_int(name, allow_none=True)
+        need(self.obs_mode in ("state", "rgb"), "obs_mode", "must be 'state' or 'rgb'")
+        need(self.obs_horizon - 1 + self.action_horizon <= self.pred_horizon, "action_horizon",
+             "obs_horizon - 1 + action_horizon must not exceed pred_horizon")
+        need(self.kernel_size % 2 == 1, "kernel_size", "must be odd")
+        need(isinstance(self.down_dims, tuple) and len(self.down_dims) >= 1
+             and all(isinstance(d, int) and d > 0 and d % self.n_groups == 0 for d in self.down_dims),
+             "down_dims", f"must be positive integers divisible by n_groups={self.n_groups}")
+        need(self.pred_horizon % (2 ** (len(self.down_dims) - 1)) == 0, "pred_horizon",
+             f"must be divisible by 2**(len(down_dims)-1) = {2 ** (len(self.down_dims) - 1)}")
+        need(self.diffusion_step_embed_dim % 2 == 0, "diffusion_step_embed_dim", "must be even")
+        need(isinstance(self.rgb_channels, tuple) and len(self.rgb_channels) >= 1
+             and all(isinstance(c, int) and c > 0 and c % 8 == 0 for c in self.rgb_channels),
+             "rgb_channels", "must be positive integers divisible by 8 (GroupNorm)")
+        if self.image_shape is not None:
+            need(len(self.image_shape) == 3 and self.image_shape[2] == 3
+                 and min(self.image_shape[:2]) >= self.crop_size, "image_shape",
+                 "must be (H, W, 3) with H and W at least crop_size")
+        need(self.beta_schedule in ("linear", "scaled_linear", "squaredcos_cap_v2"), "beta_schedule",
+             "must be linear, scaled_linear or squaredcos_cap_v2")
+        need(self.prediction_type in ("epsilon", "sample", "v_prediction"), "prediction_type",
+             "must be epsilon, sample or v_prediction")
+        need(self.sampler in ("ddim", "ddpm"), "sampler", "must be 'ddim' or 'ddpm'")
+        need(self.num_inference_steps <= self.num_train_timesteps, "num_inference_steps",
+             "must not exceed num_train_timesteps")
+        need(isinstance(self.text_encoder, str) and self.text_encoder != "", "text_encoder",
+             "must be 'builtin' or a local folder path")
+        need(0.0 < self.ema_max_decay < 1.0, "ema_max_decay", "must lie in (0, 1)")
+        need(self.ema_power > 0, "ema_power", "must be positive")
+        need(self.lr > 0, "lr", "must be positive")
+        need(isinstance(self.betas, tuple) and len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+             "betas", "must be two numbers in [0, 1)")
+        need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        need(self.lr_scheduler in ("cosine", "linear", "constant", "constant_with_warmup"), "lr_scheduler",
+             "must be cosine, linear, constant or constant_with_warmup")
+        need(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        need(self.grad_clip_norm >= 0, "grad_clip_norm", "must be >= 0 (0 disables clipping)")
+        need(isinstance(self.num_workers, int) and self.num_workers >= 0, "num_workers", "must be >= 0")
+        need(self.clip_sample_range > 0, "clip_sample_range", "must be positive")
+        return self
+
+    def to_dict(self) -> dict:
+        """Return a JSON-ready dict of all fields (tuples become lists)."""
+        out = dataclasses.asdict(self)
+        for name in _TUPLE_FIELDS:
+            if out[name] is not None:
+                out[name] = list(out[name])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DiffusionConfig":
+        """Build a validated config from a dict; unknown keys or wrong types raise ConfigError."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"config must be a JSON object, got {type(data).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {unknown}; known: {sorted(fields)}")
+        defaults = cls()
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            default = getattr(defaults, key)
+            kwargs[key] = _coerce(key, value, default)
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:  # pragma: no cover - guarded by _coerce
+            raise ConfigError(str(exc)) from exc
+
+    def replace(self, **changes: Any) -> "DiffusionConfig":
+        """Return a validated copy with some fields changed."""
+        return DiffusionConfig.from_dict({**self.to_dict(), **changes})
+
+    def save(self, path: str) -> None:
+        """Write the config as JSON atomically (`taskweave.sim.fileio`)."""
+        atomic_write_json(path, self.to_dict(), indent=2)
+
+    @classmethod
+    def load(cls, path: str) -> "DiffusionConfig":
+        """Read a JSON config file; a missing or malformed file raises ConfigError naming it."""
+        try:
+            with open(path, "r", encoding="utf-8") as fh:
+                data = json.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path}: not a readable JSON config ({exc})") from None
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Check one JSON value against the type of the field's default value."""
+    if key in _TUPLE_FIELDS:
+        if value is None and default is None:
+            return None
+        if value is None and key == "image_shape":
+            return None
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config field '{key}' = {value!r}: must be a list")
+        return tuple(value)
+    if value is None:
+        if default is None:
+            return None
+        raise ConfigError(f"config field '{key}' must not be null")
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"config field '{key}' = {value!r}: must be true or false")
+    elif isinstance(default, int) or (default is None and key in ("state_dim", "action_dim", "num_tasks",
+                                                                    "num_skills")):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config field '{key}' = {value!r}: must be an integer")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config field '{key}' = {value!r}: must be a number")
+        value = float(value)
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"config field '{key}' = {value!r}: must be a string")
+    return value

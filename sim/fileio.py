@@ -1,0 +1,54 @@
+"""Atomic file writes, the one home for them: a file is either its old self or complete, never half written.
+
+It lives in `sim`, the bottom layer, so that every part (datasets, checkpoints, generation, the CLI)
+can reach it without an import against the layers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Callable
+
+
+def atomic_write(path: str, write: Callable, binary: bool = False, mode: int = 0o644) -> str:
+    """Call write(file) on a temp file in path's folder, fsync, then os.replace it onto path; returns path."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str, text: str) -> str:
+    """Write text to path atomically."""
+    return atomic_write(path, lambda fh: fh.write(text))
+
+
+def atomic_write_json(path: str, obj: Any, indent: int | None = 2, **kw) -> str:
+    """Write obj as JSON (with a final newline) to path atomically."""
+    return atomic_write_text(path, json.dumps(obj, indent=indent, **kw) + "\n")
+
+
+def atomic_target(path: str) -> str:
+    """A fresh temp path beside path (same folder, same extension) for writers that need a file name;
+    move it into place with `os.replace(tmp, path)` once complete, and unlink it on failure."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    ext = os.path.splitext(path)[1]
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=ext, dir=folder)
+    os.close(fd)
+    return tmp
+
+
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_target"]

@@ -1,0 +1,1 @@
+"""One module per `taskweave` command: `HELP`, `add_arguments(parser)` and `run(args) -> int` over library code."""

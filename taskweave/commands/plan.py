@@ -1,0 +1,127 @@
+"""`taskweave plan`: run one planner episode on a task, with a per-step trace and a summary."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional
+
+from taskweave.planning.episode import EpisodeRecord, run_episode
+from taskweave.planning.registry import PLANNERS
+from taskweave.sim.errors import UserError
+from taskweave.sim.fileio import atomic_write_text
+
+HELP = "Run an LLM planner on a task: per-step trace, then a summary (or the episode record with --json)."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `taskweave plan`."""
+    parser.add_argument("--task", required=True, help="task name (see `taskweave tasks`)")
+    parser.add_argument("--planner", default="tree", choices=PLANNERS)
+    parser.add_argument("--llm", default="offline", help="offline[:RATES] | openai:MODEL | replay:FILE")
+    parser.add_argument("--executor", default="scripted", help="scripted | policy:CKPT")
+    parser.add_argument("--perturb", default="", help="e.g. move:$goal0@1,knock@3,grasp_fail:1.0@0")
+    parser.add_argument("--instruction", default=None, help="override the task's instruction")
+    parser.add_argument("--backend", default="mujoco", help="physics engine: mujoco | pybullet")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print the episode record as JSON (trace to stderr)")
+    parser.add_argument("--out", default=None, help="also write the episode record as JSON to this file")
+    parser.add_argument("--samples", type=int, default=None, help="tree: plans sampled (default 50)")
+    parser.add_argument("--votes", type=int, default=None, help="tree: votes per decision (default 20); "
+                                                                "clea: critic votes (default 5)")
+    parser.add_argument("--threshold", type=float, default=None, help="clea: critic threshold tau (default 0.5)")
+    parser.add_argument("--max-steps", type=int, default=None, help="skill budget (default 40)")
+
+
+def _planner_kwargs(args) -> dict:
+    kw = {}
+    if args.max_steps is not None:
+        kw["max_steps"] = args.max_steps
+    if args.planner == "tree":
+        if args.samples is not None:
+            kw["n_samples"] = args.samples
+        if args.votes is not None:
+            kw["n_votes"] = args.votes
+    if args.planner == "clea":
+        if args.votes is not None:
+            kw["critic_votes"] = args.votes
+        if args.threshold is not None:
+            kw["threshold"] = args.threshold
+    return kw
+
+
+def format_event(ev: dict) -> Optional[str]:
+    """One trace line for an episode event (None for events not worth a line)."""
+    kind = ev.get("event")
+    if kind == "start":
+        return f"instruction: {ev['instruction']}"
+    if kind == "step":
+        status = "ok" if ev["success"] else f"FAILED {ev['failure']}: {ev['message']}"
+        flag = " (correction)" if ev.get("correction") else ""
+        return f"  {ev['i']:>3}. {ev['call']:<42} {status}  [{ev.get('source', '')}]{flag}"
+    if kind == "llm":
+        return f"       llm {ev['tag']} x{ev['n']} ({ev['tokens']} tokens)"
+    if kind == "decide":
+        return f"       decided {ev['chosen']} among {len(ev['options'])} options, votes {ev['votes']}"
+    if kind == "subgoal":
+        return f"       subgoal: {ev['subgoal']} -> {', '.join(ev['actions'])}"
+    if kind == "critic":
+        p = "unreadable" if ev["p"] is None else f"{ev['p']:.2f}"
+        return f"       critic on {ev['action']}: p={p}"
+    if kind in ("note", "error"):
+        return f"     {'!' if kind == 'error' else '*'} {ev['text']}"
+    return None
+
+
+def summary_lines(rec: EpisodeRecord) -> list:
+    """A human-readable summary of an episode record."""
+    ex = rec.extra
+    return [f"success: {rec.success}   goal-condition recall: {rec.goal_condition_recall:.2f}   "
+            f"executability: {rec.executability:.2f}",
+            f"skills: {len(rec.steps)}   failures: {rec.failures}   corrections: {rec.corrections}   "
+            f"malformed replies: {ex.get('malformed_replies', 0)}",
+            f"LLM calls: {rec.llm_calls}   tokens: {rec.prompt_tokens} prompt + {rec.completion_tokens} completion "
+            f"= {rec.total_tokens}   wall time: {rec.wall_time:.1f} s",
+            *([f"perturbation events: {'; '.join(ex['events'])}"] if ex.get("events") else []),
+            *([f"error: {rec.error}"] if rec.error else [])]
+
+
+def executor_factory(spec: str):
+    """The env -> SkillExecutor factory for an --executor value: None for scripted, the policy for policy:CKPT."""
+    kind, _, ckpt = (spec or "scripted").partition(":")
+    if kind == "scripted" and not ckpt:
+        return None
+    if kind != "policy":
+        raise UserError(f"unknown executor {spec!r} (scripted | policy:CKPT)")
+    if not ckpt:
+        raise UserError("--executor policy:CKPT needs a checkpoint path")
+    if not os.path.exists(ckpt):
+        raise UserError(f"--executor {spec}: checkpoint not found: {ckpt}")
+    from taskweave.wiring import policy_executor
+    return lambda env: policy_executor(env, ckpt)
+
+
+def run(args) -> int:
+    """Run `taskweave plan`: one episode with a per-step trace and a summary (the record as JSON with --json)."""
+    factory = executor_factory(args.executor)
+    out = sys.stderr if args.json else sys.stdout
+
+    def trace(ev):
+        """Print one trace line per episode event."""
+        line = format_event(ev)
+        if line is not None:
+            print(line, file=out, flush=True)
+
+    print(f"[{args.planner}] {args.task} seed {args.seed} on {args.backend}, llm {args.llm}, executor {args.executor}"
+          + (f", perturbations {args.perturb}" if args.perturb else ""), file=out)
+    rec = run_episode(args.task, args.planner, llm_spec=args.llm, backend=args.backend, seed=args.seed,
+                      perturb=args.perturb, executor_factory=factory, instruction=args.instruction, trace=trace,
+                      planner_kwargs=_planner_kwargs(args))
+    if args.out:
+        atomic_write_text(args.out, rec.to_json(indent=2))
+    if args.json:
+        print(rec.to_json(indent=2))
+    else:
+        for line in summary_lines(rec):
+            print(line)
+    return 0

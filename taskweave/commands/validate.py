@@ -1,0 +1,41 @@
+"""`taskweave tasks validate FILE.py [--json] [--seeds N]`: validate a generated task file on both engines.
+
+Exit status 0 when the file is accepted, 1 when it is rejected (the reason goes to stderr); a
+missing or non-.py file or a bad --seeds value is a `UserError` (one line, exit 2).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from taskweave.sim.errors import UserError
+
+HELP = "validate a generated task file on both backends"
+MAX_SEEDS = 32
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of `taskweave tasks validate`: the file, --json and --seeds."""
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--seeds", type=int, default=4)
+
+
+def run(args) -> int:
+    """Validate args.file and print the report (text or JSON); 0 accepted, 1 rejected."""
+    path, seeds = args.file, int(getattr(args, "seeds", 4) or 0)
+    if not os.path.isfile(path) or not path.endswith(".py"):
+        raise UserError(f"{path}: not a .py file")
+    if not 1 <= seeds <= MAX_SEEDS:
+        raise UserError(f"--seeds must be in 1..{MAX_SEEDS}")
+    from taskweave.generation.validate import validate_task_file
+    rep = validate_task_file(path, seeds)
+    if getattr(args, "json", False):
+        print(json.dumps(rep.to_dict(), indent=1))
+    else:
+        print(rep.summary())
+    if not rep.accepted:
+        print(f"rejected: {rep.stage}: {rep.reason}", file=sys.stderr)
+    return 0 if rep.accepted else 1
