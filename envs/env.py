@@ -11,7 +11,7 @@ from taskweave.envs.observation import (MAX_OBJECTS, ROBOT_DIM, policy_state, ro
                                          skill_text)
 from taskweave.envs.perturb import Perturbation, apply_perturbation, parse_perturbations
 from taskweave.envs.registry import get_task
-from taskweave.envs.skill_check import skill_succeeded
+from taskweave.envs.skill_check import precondition_failure, skill_succeeded
 from taskweave.envs.symbolic import extract_state, state_to_text
 from taskweave.sim import make_backend
 from taskweave.sim.geometry import quat_yaw
@@ -64,6 +64,7 @@ class TaskEnv(gym.Env):
             self.action_space = spaces.MultiDiscrete([len(SKILL_NAMES), MAX_ENTITIES, MAX_ENTITIES])
         self.seed_value: Optional[int] = None
         self.events: list = []
+        self.violations: list = []  # the task's rules broken this episode (each once): the episode has failed
         self._grasp_fail_armed = False
         self._loaded = False
         self.tick_callbacks: list = []  # called with the env after every control tick (video capture)
@@ -95,6 +96,7 @@ class TaskEnv(gym.Env):
         self.steps = 0
         self.skill_count = 0
         self.events = []
+        self.violations = []
         self._grasp_fail_armed = False
         self._fail_ticks = 0
         self._perturb_rng = np.random.default_rng(self.seed_value + 7919)
@@ -110,20 +112,24 @@ class TaskEnv(gym.Env):
         """One control tick (ee_delta) or one whole skill call (skill)."""
         self._require_loaded()
         info = {}
+        st = None
         if self.control == "ee_delta":
             self.apply_action(action)
+            st = self.symbolic_state()
+            self.check_rules(st)   # (in skill control the skill loop checks them after the skill)
         else:
             result = self.execute_skill(self.decode_skill_action(action))
             info = {"skill": result.info.get("call", ""), "skill_result": result.to_dict(),
                     "failure": result.failure}
-        st = self.symbolic_state()
+        st = st or self.symbolic_state()
         prog = self.task.progress(st)
         reward = prog - self._last_progress
         self._last_progress = prog
-        success = self.task.success(st)
+        success = self.task.success(st) and not self.violations
         truncated = (self.steps >= self.max_steps) if self.control == "ee_delta" else (self.skill_count >= self.max_skills)
         info.update(self._info(st, prog, success))
-        return self._obs(), float(reward), bool(success), bool(truncated and not success), info
+        terminated = success or bool(self.violations)   # a broken rule ends the episode, unsuccessful
+        return self._obs(), float(reward), bool(terminated), bool(truncated and not terminated), info
 
     def render(self):
         """An RGB frame (render_size square) from the env's camera."""
@@ -214,6 +220,30 @@ class TaskEnv(gym.Env):
             self.skill_count += 1
             return SkillResult(False, "invalid_args", str(e), info={"call": str(call)})
 
+    def check_preconditions(self, call: SkillCall, state=None) -> Optional[SkillResult]:
+        """Why the world refuses a valid call before it starts (`hand_full`, `not_clear`), or None.
+
+        The skill loop asks this for every controller, after the perturbations scheduled before the skill.
+        """
+        return precondition_failure(call, state if state is not None else self.symbolic_state())
+
+    def check_rules(self, state=None) -> list:
+        """Record the task's rules broken now (each once per episode); returns the newly broken ones.
+
+        The skill loop calls this after every skill (and `step` after every ee_delta tick): a broken rule
+        fails the episode (`is_success()` is False from then on), shows in `violations`, `info` and
+        `text_observation()`.
+        """
+        rules = getattr(self.task, "rules", None)
+        if not rules:
+            return []
+        st = state if state is not None else self.symbolic_state()
+        seen = {v["rule"] for v in self.violations}
+        new = [{"rule": str(r), "skill": self.skill_count, "step": self.steps}
+               for r in self.task.broken_rules(st) if str(r) not in seen]
+        self.violations.extend(new)
+        return new
+
     def before_skill(self) -> None:
         """Fire perturbations scheduled before the current skill index (the skill loop calls this)."""
         for p in self.perturbations:
@@ -242,16 +272,17 @@ class TaskEnv(gym.Env):
         return extract_state(self.backend)
 
     def text_observation(self) -> str:
-        """The symbolic state as text for a language model."""
-        return state_to_text(self.symbolic_state(), self.instruction)
+        """The symbolic state as text for a language model (with the task's rules and any it broke)."""
+        return state_to_text(self.symbolic_state(), self.instruction, rules=getattr(self.task, "rules", ()),
+                             broken=[v["rule"] for v in self.violations])
 
     def progress(self) -> float:
         """Staged progress in [0, 1]: fraction of goals satisfied."""
         return self.task.progress(self.symbolic_state())
 
     def is_success(self) -> bool:
-        """Whether every goal holds."""
-        return self.task.success(self.symbolic_state())
+        """Whether every goal holds (gripper empty) and no rule of the task was broken this episode."""
+        return self.task.success(self.symbolic_state()) and not self.violations
 
     def oracle_plan(self) -> list:
         """The task oracle's skill calls from the current state."""
@@ -281,24 +312,25 @@ class TaskEnv(gym.Env):
         return self._state_obs()
 
     def snapshot(self) -> dict:
-        """The whole physics state plus episode counters and perturbation bookkeeping."""
+        """The physics state (backend, gripper, progress, broken rules) for `restore`; no perturbation bookkeeping."""
         self._require_loaded()
-        return {"backend": self.backend.snapshot(), "steps": self.steps, "skill_count": self.skill_count,
-                "fired": [p.fired for p in self.perturbations], "armed": self._grasp_fail_armed,
-                "fail_ticks": self._fail_ticks, "grip": self.controller.grip_closed,
-                "events": list(self.events), "progress": self._last_progress}
+        return {"backend": self.backend.snapshot(), "grip": self.controller.grip_closed,
+                "progress": self._last_progress, "violations": list(self.violations)}
 
     def restore(self, snap: dict) -> None:
-        """Return exactly to a snapshot of this episode."""
+        """Return the physics to a snapshot of this episode; time and the perturbation schedule go on.
+
+        The world's state is restored, the perturbation bookkeeping is not: the skill and tick counters
+        (the perturbation clock) are not rewound, a perturbation that fired stays fired (it never fires
+        again), an armed grasp failure stays armed or consumed as it is now, and the event log keeps
+        everything that happened. An injected slip still in progress ends (it belonged to the undone state).
+        """
         self._require_loaded()
         self.backend.restore(snap["backend"])
-        self.steps, self.skill_count = snap["steps"], snap["skill_count"]
-        for p, f in zip(self.perturbations, snap["fired"]):
-            p.fired = f
-        self._grasp_fail_armed, self._fail_ticks = snap["armed"], snap["fail_ticks"]
         self.controller.grip_closed = snap["grip"]
-        self.events = list(snap["events"])
+        self._fail_ticks = 0
         self._last_progress = snap["progress"]
+        self.violations = list(snap.get("violations", ()))   # rules broken in the undone state were not broken
 
     # ---- internals ---------------------------------------------------------------------
     def _require_loaded(self) -> None:
@@ -336,10 +368,10 @@ class TaskEnv(gym.Env):
     def _info(self, st=None, progress=None, success=None) -> dict:
         st = st or self.symbolic_state()
         progress = self.task.progress(st) if progress is None else progress
-        success = self.task.success(st) if success is None else success
+        success = (self.task.success(st) and not self.violations) if success is None else success
         return {"progress": progress, "success": success, "steps": self.steps,
                 "skills": self.skill_count, "instruction": self.instruction, "seed": self.seed_value,
-                "events": list(self.events)}
+                "events": list(self.events), "violations": list(self.violations)}
 
 
 def make_env(task, backend: str = "mujoco", **kw) -> TaskEnv:

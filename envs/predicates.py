@@ -16,6 +16,7 @@ PREDICATES = {
     "near": "near(a, (x, y), tol): a's centre is within tol metres of (x, y) in the plane",
     "at": "at(a, (x, y, z), tol): a's centre is within tol metres of (x, y, z)",
     "yaw": "yaw(a, degrees, tol): a is turned to degrees about z, within tol degrees (modulo its symmetry)",
+    "not": "not(p): the predicate p does not hold (for a task's rules, e.g. not(on(big, small)))",
 }
 
 
@@ -26,6 +27,9 @@ class Predicate(NamedTuple):
     args: tuple
 
     def __str__(self) -> str:
+        if self.name == "not":
+            return f"not {self.args[0]}"
+
         def fmt(a):
             if isinstance(a, (tuple, list)):
                 return "(" + ", ".join(f"{v:.2f}" for v in a) + ")"
@@ -34,9 +38,11 @@ class Predicate(NamedTuple):
 
 
 def P(name: str, *args) -> Predicate:
-    """Shorthand constructor that checks the predicate name."""
+    """Shorthand constructor that checks the predicate name (`P("not", P("on", a, b))` negates one)."""
     if name not in PREDICATES:
         raise ValueError(f"unknown predicate {name!r} (known: {', '.join(PREDICATES)})")
+    if name == "not" and (len(args) != 1 or not isinstance(args[0], Predicate)):
+        raise ValueError("not(p) takes one Predicate")
     return Predicate(name, tuple(tuple(a) if isinstance(a, list) else a for a in args))
 
 
@@ -114,6 +120,8 @@ def _inside(a: ObjectState, c, state: SymbolicState) -> bool:
 def evaluate(pred: Predicate, st: SymbolicState) -> bool:
     """Truth of a predicate in a symbolic state; unknown names raise KeyError naming them."""
     name, args = pred
+    if name == "not":
+        return not evaluate(args[0], st)
     if name == "holding":
         return st.held == args[0]
     a = st.objects[args[0]]

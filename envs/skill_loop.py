@@ -1,8 +1,11 @@
 """The one skill loop: every skill call on a TaskEnv runs through a `SkillRun`, whoever drives the arm.
 
 A `SkillRun` checks the call against the scene (a bad call is an `invalid_args` result, counted as a
-skill), fires the perturbations scheduled before this skill, applies one low-level action per
-control tick, decides when the skill is over and counts it. What drives the arm is a controller:
+skill), fires the perturbations scheduled before this skill, checks the world's preconditions (a
+grasp needs an empty gripper, `hand_full`; pick/rotate/push need nothing resting on the object,
+`not_clear`: refused before any tick, counted as a skill), applies one low-level action per control
+tick, decides when the skill is over, counts it and checks the task's rules (a broken one fails the
+episode: `env.violations`). What drives the arm is a controller:
 
 - `ScriptedController` (the oracle's scripted skills) knows when it is done and says so with a
   `SkillResult`;
@@ -59,7 +62,7 @@ class PostconditionRule:
 
 
 class SkillRun:
-    """One skill call on one env, tick by tick: check, perturb, act, done rule, count.
+    """One skill call on one env, tick by tick: check, perturb, preconditions, act, done rule, count, rules.
 
     postcondition=True: the `PostconditionRule` and `max_ticks` end the skill (learned controllers);
     False: the controller ends it by handing `finish` its own result (scripted skills).
@@ -84,6 +87,9 @@ class SkillRun:
         env.before_skill()
         self.before = env.symbolic_state()
         self.rule = PostconditionRule(checked) if postcondition else None
+        refused = env.check_preconditions(checked, self.before)   # the same for every controller
+        if refused is not None:
+            self.finish(refused)
 
     @property
     def done(self) -> bool:
@@ -117,8 +123,12 @@ class SkillRun:
         return self.step(out)
 
     def finish(self, result: SkillResult) -> SkillResult:
-        """End the skill with result and count it."""
+        """End the skill with result, count it and check the task's rules (newly broken ones are in its info)."""
         self.env.skill_count += 1
+        broken = self.env.check_rules()
+        if broken:
+            result.info["violations"] = broken
+            result.message += "; broke the task's rule " + ", ".join(v["rule"] for v in broken)
         return self._done(result)
 
     def _done(self, result: SkillResult) -> SkillResult:
@@ -175,7 +185,7 @@ class ScriptedController:
 
 
 def start_run(env, call, controller: SkillController, recorder: Optional[Recorder] = None) -> SkillRun:
-    """A SkillRun for call under controller, started (already over if the call was invalid)."""
+    """A SkillRun for call under controller, started (already over if the call was invalid or refused)."""
     run = SkillRun(env, call, postcondition=bool(controller.postcondition), max_ticks=controller.max_ticks,
                    recorder=recorder, controller=controller.name)
     if not run.done:

@@ -72,8 +72,9 @@ def describe_object(o: ObjectState) -> str:
     return f"{o.color} {kind}, {200 * max(o.half_extents[:2]):.0f} cm wide"
 
 
-def state_to_text(st: SymbolicState, instruction: str = "") -> str:
-    """A plain-text observation: objects with positions, zones, relations and the gripper."""
+def state_to_text(st: SymbolicState, instruction: str = "", rules=(), broken=()) -> str:
+    """A plain-text observation: objects with positions, zones, relations and the gripper; then the task's
+    rules (predicates that must hold at all times) and those broken this episode, when there are any."""
     lines = []
     if instruction:
         lines.append(f"Task: {instruction}")
@@ -90,4 +91,8 @@ def state_to_text(st: SymbolicState, instruction: str = "") -> str:
     facts = sorted(str(f) for f in st.facts if f.name != "on_table")
     lines.append("Relations: " + (", ".join(facts) if facts else "none"))
     lines.append("Gripper: " + (f"holding {st.held}" if st.held else "empty"))
+    if rules:
+        lines.append("Rules (must hold at all times): " + ", ".join(str(r) for r in rules))
+    if broken:
+        lines.append("Broken rules (the task has failed): " + ", ".join(str(r) for r in broken))
     return "\n".join(lines)

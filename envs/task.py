@@ -30,11 +30,12 @@ class Task:
     def __init__(self) -> None:
         self.instruction: str = ""
         self.goals: list = []
+        self.rules: list = []   # predicates that must hold at all times; a broken rule fails the episode
         self.spec: Optional[SceneSpec] = None
 
     # ---- to implement ------------------------------------------------------------------
     def build(self, rng: np.random.Generator) -> SceneSpec:
-        """Make the scene for one episode and set self.instruction and self.goals."""
+        """Make the scene for one episode and set self.instruction and self.goals (and self.rules, if any)."""
         raise NotImplementedError
 
     # ---- provided ----------------------------------------------------------------------
@@ -48,22 +49,34 @@ class Task:
         if not self.instruction or not self.goals:
             raise TaskError(f"{self.name}.build must set an instruction and at least one goal")
         names = set(spec.object_names) | {z.name for z in spec.zones}
-        for g in self.goals:
-            if not isinstance(g, Predicate):
-                raise TaskError(f"{self.name}: goal {g!r} is not a Predicate")
-            for a in g.args:
-                if isinstance(a, str) and a not in names:
-                    raise TaskError(f"{self.name}: goal {g} names {a!r}, which is not in the scene")
+        for kind, preds in (("goal", self.goals), ("rule", self.rules)):
+            for g in preds:
+                self._check_predicate(kind, g, g, names)
         self.spec = spec
         return spec
+
+    def _check_predicate(self, kind: str, whole, g, names: set) -> None:
+        if not isinstance(g, Predicate):
+            raise TaskError(f"{self.name}: {kind} {whole!r} is not a Predicate")
+        if g.name == "not":
+            if len(g.args) != 1 or not isinstance(g.args[0], Predicate):
+                raise TaskError(f"{self.name}: {kind} {whole!r}: not(p) takes one Predicate")
+            return self._check_predicate(kind, whole, g.args[0], names)
+        for a in g.args:
+            if isinstance(a, str) and a not in names:
+                raise TaskError(f"{self.name}: {kind} {whole} names {a!r}, which is not in the scene")
 
     def progress(self, state: SymbolicState) -> float:
         """Fraction of goals satisfied, in [0, 1]."""
         return sum(evaluate(g, state) for g in self.goals) / len(self.goals)
 
     def success(self, state: SymbolicState) -> bool:
-        """All goals hold and nothing is left in the gripper."""
+        """All goals hold and nothing is left in the gripper (a TaskEnv also fails an episode that broke a rule)."""
         return not state.held and all(evaluate(g, state) for g in self.goals)
+
+    def broken_rules(self, state: SymbolicState) -> list:
+        """The task's rules that do not hold in this state (the env checks them after every skill)."""
+        return [r for r in self.rules if not evaluate(r, state)]
 
     def oracle_plan(self, state: SymbolicState) -> list:
         """Skill calls that achieve the unsatisfied goals from this state, in goal order."""
@@ -79,7 +92,31 @@ class Task:
                 plan += self._release(state)
         for g in pending:
             plan += self.achieve(g, state)
-        return plan
+        return self._uncovered(plan, state)
+
+    def _uncovered(self, plan: list, state: SymbolicState) -> list:
+        """The plan with blocks resting on an object moved to free spots (top first) before it is picked,
+        rotated or pushed: the world refuses those skills on an object that is not clear (`not_clear`)."""
+        under = {f.args[0]: f.args[1] for f in state.facts if f.name == "on"}
+        out = []
+        for call in plan:
+            obj = call.args[0] if call.args else None
+            if call.name in ("pick", "rotate", "push") and obj in state.objects:
+                above, frontier = [], [obj]
+                while frontier:   # everything resting on obj, directly or on what rests on it
+                    frontier = [o for o, b in sorted(under.items()) if b in frontier and o not in above and o != obj]
+                    above += frontier
+                for o in reversed(above):   # the top-most first
+                    out += [SkillCall("pick", (o,)), SkillCall("place", (o, self._spot(state, o)))]
+                    under.pop(o, None)
+            if call.name in ("pick", "push"):
+                under.pop(obj, None)
+            elif call.name == "place" and len(call.args) > 1:
+                t = call.args[1]
+                if isinstance(t, str) and t in state.objects and state.objects[t].shape != "container":
+                    under[call.args[0]] = t
+            out.append(call)
+        return out
 
     def achieve(self, goal: Predicate, state: SymbolicState) -> list:
         """Skill calls for one goal (generic: pick then place; near/at by pose; yaw by rotate)."""

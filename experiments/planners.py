@@ -22,8 +22,10 @@ from concurrent.futures import ProcessPoolExecutor
 
 from taskweave.sim.fileio import atomic_write_json, atomic_write_text
 from taskweave.planning import PLANNERS
-from taskweave.planning.llm.offline import ErrorRates
+from taskweave.planning.llm import estimate_tokens, messages_text
+from taskweave.planning.llm.offline import ErrorRates, OfflineLLM
 from taskweave.planning.episode import run_episode
+from taskweave.planning.prompts import load_example
 
 DEFAULT_TASKS = ("BlockInBowl", "PlaceInZone", "StackOnBlock", "StackTower", "SortByColour", "PackTray")
 # one schedule per task, fired before the N-th skill (@N); $goalN is the object of goal N (names depend on the seed)
@@ -36,15 +38,47 @@ PERTURBATIONS = {
 }
 NAMES = {"tree": "Tree-Planner", "clea": "CLEA", "iterative": "Iterative", "openloop": "Open loop"}
 METRICS = ("success", "goal_condition_recall", "executability", "corrections", "failures", "llm_calls",
-           "total_tokens", "malformed", "wall_time")
+           "total_tokens", "malformed", "restores", "wall_time")
+# where this CLEA deviates from the released code (SP4595/CLEA-Closed-Loop-Embodied-Agent); planning/clea.py says more
+CLEA_DEVIATIONS = (
+    "incremental memory: the belief is updated from the previous belief and the newest record only (released: "
+    "the whole trajectory, up to 30 records, is re-summarised after every action)",
+    "vote-based feasibility: k sampled YES/NO critic votes give a probability compared with tau (released: one "
+    "boolean critic call on camera images); its feedback becomes the reflection only on a rejection",
+    "text observer: the observer and critic read the same text observation as every planner (released: VLMs "
+    "on two robots' images, the observer focused by the subgoal)",
+    "abort on failure: a failed skill or an observed change drops the rest of the chunk and replans (released: "
+    "a failure only goes into memory and the chunk runs on)",
+    "termination and budgets: a done() action and step, correction and round budgets (released: `while True`)",
+    "parsed skills: a JSON block of calls parsed by a strict grammar and grounded (released: a YAML block of "
+    "Python calls run with `eval`); no task knowledge file; planner temperature 0 (released: 0.2)",
+)
+
+
+class PromptMeter(OfflineLLM):
+    """The offline LLM, noting the rendered length of the first prompt of each tag (order, characters, tokens)."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.first = {}
+
+    def _complete(self, messages, n, temperature, top_p, max_tokens, stop, tag, **kw):
+        if tag not in self.first:
+            text = messages_text(messages)
+            self.first[tag] = [len(self.first), len(text), estimate_tokens(text)]
+        return super()._complete(messages, n, temperature, top_p, max_tokens, stop, tag, **kw)
 
 
 def episode_job(job: dict) -> dict:
     """Run one episode and return its summary row (for a worker process)."""
-    kw = {"tree": {"n_samples": job["samples"], "n_votes": job["votes"]}, "clea": {"critic_votes": job["critic_votes"]}}
-    rec = run_episode(job["task"], job["planner"], llm_spec="offline", backend=job["backend"], seed=job["seed"],
-                      perturb=job["perturb"], planner_kwargs=kw.get(job["planner"], {}),
-                      llm_kwargs={"errors": ErrorRates.parse(job["errors"])})
+    kw = {"tree": {"n_samples": job["samples"], "n_votes": job["votes"], "backtrack": job["backtrack"]},
+          "clea": {"critic_votes": job["critic_votes"]}}
+    llm = PromptMeter(seed=job["seed"], errors=ErrorRates.parse(job["errors"]))   # = make_llm("offline", seed=...)
+    try:
+        rec = run_episode(job["task"], job["planner"], backend=job["backend"], seed=job["seed"], llm=llm,
+                          perturb=job["perturb"], planner_kwargs=kw.get(job["planner"], {}))
+    finally:
+        llm.close()
     return {"task": job["task"], "planner": job["planner"], "condition": job["condition"], "seed": job["seed"],
             "perturb": rec.extra.get("perturbations", ""), "success": bool(rec.success),
             "goal_condition_recall": rec.goal_condition_recall, "executability": rec.executability,
@@ -52,7 +86,22 @@ def episode_job(job: dict) -> dict:
             "prompt_tokens": rec.prompt_tokens, "completion_tokens": rec.completion_tokens,
             "total_tokens": rec.total_tokens, "malformed": rec.extra.get("malformed_replies", 0),
             "skills": len(rec.steps), "wall_time": rec.wall_time, "error": rec.error,
-            "events": rec.extra.get("events", [])}
+            "restores": rec.extra.get("restores", 0), "privileged": bool(rec.extra.get("privileged", False)),
+            "first_prompts": llm.first, "events": rec.extra.get("events", [])}
+
+
+def prompt_lengths(rows: list) -> dict:
+    """planner -> [(tag, mean characters, mean est. tokens)] of the first prompt of each tag, in asking order."""
+    acc = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        for tag, (order, chars, tokens) in r.get("first_prompts", {}).items():
+            acc[r["planner"]][tag].append((order, chars, tokens))
+    out = {}
+    for planner, tags in acc.items():
+        means = [(sum(o for o, _, _ in v) / len(v), tag, sum(c for _, c, _ in v) / len(v),
+                  sum(t for _, _, t in v) / len(v)) for tag, v in tags.items()]
+        out[planner] = [(tag, c, t) for _, tag, c, t in sorted(means)]
+    return out
 
 
 def aggregate(rows: list, keys=("planner", "condition")) -> dict:
@@ -95,6 +144,7 @@ def write_markdown(path: str, rows: list, args, command: str, elapsed: float, pl
     planners = [p for p in PLANNERS if p in args.planners]
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     head = headline(agg)
+    lengths, example = prompt_lengths(rows), load_example("plan")
     lines = ["# Planner comparison (offline symbolic LLM)", "",
              f"Date: {dt.date.today().isoformat()} · backend: **{args.backend}** · seeds per task: {args.seeds} · "
              f"episodes: {len(rows)} · run time: {elapsed / 60:.1f} min on {args.workers} worker(s)", "",
@@ -107,11 +157,19 @@ def write_markdown(path: str, rows: list, args, command: str, elapsed: float, pl
              "summed). Numbers measure the planners' control flow against a fixed error model, not an LLM's "
              "competence.", "",
              f"Planners: Tree-Planner N={args.samples} plans (T=0.8, top_p 0.95), {args.votes} votes (T=0.7), "
-             f"correction budget 10; CLEA k={args.critic_votes} critic votes, tau=0.5, 1-3 skills per subgoal; "
-             "Iterative one skill per call, correction budget 10; open loop one plan, no feedback. Step budget 40.", "",
+             f"correction budget 10, backtracking **{args.backtrack}**"
+             + (" (privileged: simulator restores, counted in the `restores` column)" if args.backtrack == "restore"
+                else " (no simulator undo: the next choice is grounded on the real state)")
+             + f", 1 retry per node after a transient failure; CLEA k={args.critic_votes} critic votes, tau=0.5, "
+             "1-3 skills per subgoal; Iterative one skill per call, correction budget 10; open loop one plan, no "
+             "feedback. Step budget 40.", "",
+             "One contract for all: every planner sees the scene only through the same text observation and the "
+             "same feedback line per skill (`outcome_line`); none reads the env's event log or true poses (CLEA "
+             "notices a perturbation only when the observation text shows it). Tree-Planner, Iterative and open "
+             "loop share one few-shot example file (`planning/prompts/examples/plan.txt`).", "",
              "## Overall (mean per episode)", "",
              "| condition | planner | success | GCR | executability | corrections | failures | LLM calls | tokens "
-             "| malformed | wall s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| malformed | restores | wall s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for cond in conds:
         for p in planners:
             a = agg.get((p, cond))
@@ -119,8 +177,16 @@ def write_markdown(path: str, rows: list, args, command: str, elapsed: float, pl
                 lines.append(f"| {cond} | {NAMES[p]} | {100 * a['success']:.1f}% | {a['goal_condition_recall']:.2f} | "
                              f"{a['executability']:.2f} | {a['corrections']:.2f} | {a['failures']:.2f} | "
                              f"{a['llm_calls']:.1f} | {a['total_tokens']:.0f} | {a['malformed']:.2f} | "
-                             f"{a['wall_time']:.2f} |")
-    lines += ["", "## Headline", "", *head, "", "## Success rate per task", "",
+                             f"{a['restores']:.2f} | {a['wall_time']:.2f} |")
+    lines += ["", "## Headline", "", *head, "", "## Prompt lengths", "",
+              "The first rendered prompt of each kind (system message included), mean over episodes; tokens are "
+              "`planning.llm.estimate_tokens` estimates. The shared few-shot example is "
+              f"{len(example)} characters (~{estimate_tokens(example)} tokens).", "",
+              "| planner | prompt | characters | est. tokens |", "|---|---|---|---|"]
+    for p in planners:
+        for k, (tag, chars, tokens) in enumerate(lengths.get(p, [])):
+            lines.append(f"| {NAMES[p]} | `{tag}`{' (first)' if k == 0 else ''} | {chars:.0f} | {tokens:.0f} |")
+    lines += ["", "## Success rate per task", "",
               "| task | perturbation | " + " | ".join(f"{NAMES[p]} {c}" for c in conds for p in planners) + " |",
               "|---|---|" + "---|" * (len(conds) * len(planners))]
     for t in tasks:
@@ -137,8 +203,16 @@ def write_markdown(path: str, rows: list, args, command: str, elapsed: float, pl
     lines += ["", "## Notes", "",
               "- GCR is taken at the end of the episode; executability is the fraction of attempted skill calls "
               "that were grounded and ran without failing.",
-              "- Tree-Planner restores simulator snapshots when it backtracks; a restore also rewinds the scheduled "
-              "perturbation, which then fires again, so under perturbation it replays the same disturbance.",
+              ("- Tree-Planner restores simulator snapshots when it backtracks (`--backtrack restore`): privileged "
+               "information no robot has, counted per episode in `restores`. A restore rewinds the physics only: "
+               "the perturbation clock is not rewound and a fired perturbation never fires again."
+               if args.backtrack == "restore" else
+               "- Tree-Planner backtracks physically (`--backtrack physical`): it never restores a simulator "
+               "snapshot; after a failure it re-decides among the valid siblings from the real state, and "
+               "backtracking to an ancestor continues from the real state with that ancestor's other children."),
+              "- CLEA deviates from the released code (SP4595/CLEA-Closed-Loop-Embodied-Agent) on purpose; "
+              "details in `planning/clea.py`:",
+              *[f"  - [DEVIATION] {d}" for d in CLEA_DEVIATIONS],
               "- Per-episode rows: `" + os.path.basename(os.path.splitext(path)[0]) + "_episodes.json`."
               + (f" Plot: `{os.path.basename(plot)}`." if plot else " No plot (matplotlib is not installed).")]
     atomic_write_text(path, "\n".join(lines) + "\n")
@@ -190,6 +264,8 @@ def main(argv=None) -> int:
     p.add_argument("--samples", type=int, default=50, help="Tree-Planner plans sampled")
     p.add_argument("--votes", type=int, default=20, help="Tree-Planner votes per decision")
     p.add_argument("--critic-votes", type=int, default=5)
+    p.add_argument("--backtrack", default="physical", choices=("physical", "restore"),
+                   help="Tree-Planner backtracking: physical (no simulator undo) or restore (privileged, counted)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--out", default="docs/results/planning.md")
     args = p.parse_args(argv)
@@ -201,7 +277,8 @@ def main(argv=None) -> int:
     ErrorRates.parse(args.errors)
     jobs = [{"task": t, "planner": pl, "condition": c, "seed": s, "backend": args.backend, "errors": args.errors,
              "perturb": PERTURBATIONS.get(t, "grasp_fail:1.0@0") if c == "perturbed" else "",
-             "samples": args.samples, "votes": args.votes, "critic_votes": args.critic_votes}
+             "samples": args.samples, "votes": args.votes, "critic_votes": args.critic_votes,
+             "backtrack": args.backtrack}
             for t in tasks for c in args.conditions for s in range(args.seeds) for pl in args.planners]
     print(f"{len(jobs)} episodes: {len(tasks)} tasks x {len(args.conditions)} conditions x {args.seeds} seeds x "
           f"{len(args.planners)} planners on {args.backend}, {args.workers} worker(s)", flush=True)
@@ -220,6 +297,9 @@ def main(argv=None) -> int:
                                                                                        else sys.argv[1:]))
     for line in write_markdown(args.out, rows, args, command.strip(), elapsed, plot):
         print(line)
+    print("first prompts (mean characters / est. tokens):")
+    for pl, entries in prompt_lengths(rows).items():
+        print(f"  {NAMES[pl]}: " + ", ".join(f"{tag} {c:.0f} chars / {t:.0f} tokens" for tag, c, t in entries))
     print(f"wrote {args.out}" + (f" and {plot}" if plot else ""))
     return 0
 

@@ -7,14 +7,40 @@
 - critic: before every action, k votes (default 5) give the probability that the action is feasible;
   below the threshold tau (default 0.5) the rest of the chunk is dropped and the critic's feedback
   becomes the next planner call's reflection;
-- replanning after every chunk, after a failure, and after a perturbation (the executor's event log
-  grew, or an object the skill did not name moved); a hard step budget and a planner-round budget.
+- replanning after every chunk, after a failure, and after a change the observation shows: the text
+  observation after a skill is compared with the one before it (`episode.observation_change`; objects the
+  skill names are ignored). The agent never reads the env's event log or true poses, so a perturbation
+  counts as noticed only when the observation text shows it; feedback is `episode.outcome_line`, as for
+  every planner. A hard step budget, a correction budget and a planner-round budget.
+
+Deviations from the released code (SP4595/CLEA-Closed-Loop-Embodied-Agent), on purpose:
+- [DEVIATION: incremental memory] the released summariser re-summarises the whole trajectory (up to 30
+  observation/action/feedback records) after every action; here the belief is updated from the previous
+  belief and the newest record only.
+- [DEVIATION: vote-based feasibility] the released critic is one boolean call ("Action Suitability") on
+  the camera images; here k sampled YES/NO votes give a feasibility probability compared with tau (the
+  paper's probabilistic assessment), and its feedback becomes the reflection only on a rejection (the
+  released loop passes the critic's feedback on as the reflection even when it accepts).
+- [DEVIATION: text observer] the released observer and critic are VLMs on two robots' camera images (the
+  observer focused by the subgoal); here the observer describes the same text observation every planner
+  gets, without a subgoal focus, and the critic reads that description.
+- [DEVIATION: abort on failure] in the released loop a failed skill only goes into memory and the rest of
+  the chunk still runs; here a failure (or an observed change) drops the rest of the chunk and replans
+  with a reflection.
+- [DEVIATION: change trigger] the released loop replans only after a chunk or a critic rejection; here a
+  change the observation text shows beyond the skill's own objects also ends the chunk.
+- [DEVIATION: termination and budgets] the released loop has no done action and no limit (`while True`);
+  here the planner can answer done(), and step, correction and round budgets end the episode.
+- [DEVIATION: parsed skills] the released planner writes a YAML block of Python calls that are run with
+  `eval`; here a JSON block of calls is parsed by a strict grammar and grounded in the scene's names.
+- [DEVIATION: prompts] no task knowledge file; planner temperature 0 (released: 0.2), critic votes at 0.7.
 """
 from __future__ import annotations
 
 from typing import Optional
 
-from taskweave.planning.episode import DONE_NAMES, Episode, EpisodeRecord, format_history, outcome_line
+from taskweave.planning.episode import (DONE_NAMES, Episode, EpisodeRecord, format_history, observation_change,
+                                         outcome_line)
 from taskweave.planning.grounding import GroundingError
 from taskweave.planning.grounding import accept_probability, parse_subgoal_reply, parse_verdict
 
@@ -29,7 +55,8 @@ class CleaAgent:
 
     def __init__(self, critic_votes: int = 5, threshold: float = 0.5, max_calls: int = 3, max_steps: int = 40,
                  max_corrections: int = 10, max_rounds: Optional[int] = None, max_malformed: int = 3,
-                 temperature: float = 0.0, critic_temperature: float = 0.7, use_critic: bool = True):
+                 temperature: float = 0.0, critic_temperature: float = 0.7, use_critic: bool = True,
+                 constrain: str = "grammar"):
         """Configure the critic (k votes, threshold tau), the chunk size and the budgets."""
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"critic threshold must be in [0, 1], got {threshold}")
@@ -38,6 +65,7 @@ class CleaAgent:
         self.max_rounds = int(max_rounds) if max_rounds is not None else self.max_steps + self.max_corrections
         self.temperature, self.critic_temperature, self.use_critic = float(temperature), float(critic_temperature), \
             bool(use_critic)
+        self.constrain = constrain
 
     def config(self) -> dict:
         """The agent's settings as a dict."""
@@ -45,15 +73,17 @@ class CleaAgent:
                 "max_rounds": self.max_rounds, "use_critic": self.use_critic}
 
     # ---- roles ------------------------------------------------------------------------------
-    def observe(self, ep: Episode) -> Optional[str]:
-        """Observer: the text observation turned into a short description (one LLM call)."""
+    def observe(self, ep: Episode, observation: Optional[str] = None) -> Optional[str]:
+        """Observer: the text observation (the executor's, unless given) turned into a short description
+        (one LLM call)."""
+        observation = ep.executor.observe() if observation is None else observation
         texts = ep.ask("clea_observer", tag="clea_observer", max_tokens=300, task=ep.executor.instruction,
-                       observation=ep.executor.observe())
+                       observation=observation)
         if texts is None:
             return None
         if not texts[0].strip():
             ep.count_malformed("clea_observer", "empty description")
-            return ep.executor.observe()
+            return observation
         return texts[0].strip()
 
     def remember(self, ep: Episode, belief: str, record: str) -> str:
@@ -70,7 +100,8 @@ class CleaAgent:
     def criticise(self, ep: Episode, belief: str, description: str, history: list, call) -> tuple:
         """Critic: (probability the action is feasible now or None if unreadable, feedback) from k votes."""
         texts = ep.ask("clea_critic", tag="clea_critic", n=self.critic_votes, temperature=self.critic_temperature,
-                       max_tokens=80, task=ep.executor.instruction, belief=belief, observation=description,
+                       max_tokens=80, constraint=ep.constraint("verdict"), task=ep.executor.instruction,
+                       belief=belief, observation=description,
                        history=format_history(history), action=str(call))
         if texts is None:
             return None, ""
@@ -88,11 +119,13 @@ class CleaAgent:
             trace=None) -> EpisodeRecord:
         """Run the closed loop for one episode; returns the EpisodeRecord."""
         ep = Episode(self.name, executor, llm, task=task, seed=seed, backend=backend, trace=trace,
+                     constrain=self.constrain,
                      max_steps=self.max_steps, max_corrections=self.max_corrections, config=self.config())
         counts = {"rounds": 0, "critic_rejections": 0, "perturbations_noticed": 0, "failure_replans": 0,
                   "memory_updates": 0}
         belief, history, reflection, correction, bad = FIRST_BELIEF, [], "", False, 0
-        description = self.observe(ep)
+        seen = executor.observe()            # the last text observation the agent saw
+        description = self.observe(ep, seen)
         done = False
         while not ep.stopped and not done and description is not None:
             if counts["rounds"] >= self.max_rounds:
@@ -102,6 +135,7 @@ class CleaAgent:
             fields = ep.skill_fields()
             fields["task"] += DONE_HINT
             texts = ep.ask("clea_planner", tag="clea_planner", temperature=self.temperature, max_tokens=400,
+                           constraint=ep.constraint("subgoal", max_calls=self.max_calls),
                            belief=belief, observation=description, history=format_history(history),
                            reflection=reflection, max_calls=self.max_calls, **fields)
             if texts is None:
@@ -126,9 +160,9 @@ class CleaAgent:
                     break
                 g = ep.ground(call)
                 if isinstance(g, GroundingError):
-                    ep.execute(g, source="clea", correction=correction)
-                    history.append(f"{call} -> rejected: {g.reason}")
-                    reflection = f"Reflection: {call} cannot run: {g.reason}. Use only the scene's names."
+                    outcome = outcome_line(call, ep.execute(g, source="clea", correction=correction))
+                    history.append(outcome)
+                    reflection = f"Reflection: {outcome}. Use only the scene's names."
                     correction = True
                     ep.use_correction()
                     break
@@ -145,19 +179,19 @@ class CleaAgent:
                         break
                 if not ep.budget_left():
                     break
-                n_events, before = len(ep.events()), ep.positions()
+                before = seen
                 result = ep.execute(g, source="clea", correction=correction)
                 correction = False
                 if ep.stopped:
                     break
-                history.append(outcome_line(g.call, result))
-                changed = ep.unexpected_change(g.call, n_events, before)
-                description = self.observe(ep)
+                outcome = outcome_line(g.call, result)
+                history.append(outcome)
+                seen = executor.observe()
+                changed = observation_change(before, seen, g.call)   # what the observation text shows, only
+                description = self.observe(ep, seen)
                 if description is None:
                     break
-                feedback = result.message or ("ok" if result.success else result.failure)
-                if not result.success:
-                    feedback = f"failed ({result.failure}): {feedback}"
+                feedback = outcome
                 if changed:
                     feedback += f" The scene changed unexpectedly: {changed}."
                 belief = self.remember(ep, belief, f"Observation: {description}\nAction: {g.call}\n"
@@ -165,7 +199,7 @@ class CleaAgent:
                 counts["memory_updates"] += 1
                 if not result.success:
                     counts["failure_replans"] += 1
-                    reflection = f"Reflection: {g.call} failed ({result.failure}): {result.message}. Replan from here."
+                    reflection = f"Reflection: {outcome}. Replan from here."
                     correction = True
                     ep.use_correction()
                     break

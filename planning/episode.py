@@ -1,7 +1,7 @@
 """One planning episode, the one module for it: the record a planner hands back (`EpisodeRecord`), the
 harness every planner runs in (`Episode`) and `run_episode`, which builds the env and runs a planner.
 
-(~460 lines: harness, record and runner share one lifecycle and are read together.)
+(~500 lines: harness, record, observation helpers and runner share one lifecycle and are read together.)
 
 The `Episode` lets the LLM answer from the world (an offline client binds to the executor), prompts
 through the templates, counts malformed replies (never raising on them), executes skill calls through
@@ -13,7 +13,16 @@ crash), enforces step and correction budgets, and at the end fills the `EpisodeR
 - executability: fraction of attempted skill calls that were grounded and ran without failing
   (ungrounded calls are recorded as `invalid_args` steps without reaching the executor);
 - corrections: skills chosen to recover from a failure (or a perturbation);
-- LLM calls and tokens: the client's `UsageMeter` difference over the episode; wall time.
+- LLM calls and tokens: the client's `UsageMeter` difference over the episode; wall time;
+- restores: simulator undos (`Episode.restore`), privileged information no robot has; a record with any
+  (or a planner configured for them) says `privileged: true`.
+
+One contract for every planner: a planner learns about the scene only from the text observation
+(`executor.observe()`) and the skill results, whose one feedback text is `outcome_line`. No planner
+decision reads the env's event log or true poses; a change a planner may react to is one the observation
+text shows (`observation_change` compares two observations, ignoring the objects the skill itself names;
+`describe_subset` cuts an observation down to some names). The record keeps the env's perturbation events
+(`extra["events"]`) for the report only.
 
 Perturbation specs given to `run_episode` are the env's (`move:red_block@2,knock@3,grasp_fail:0.5@0`),
 plus placeholders resolved against the episode's goals after reset, since object names depend on the
@@ -30,11 +39,16 @@ from typing import Callable, Optional
 
 from taskweave.envs.perturb import PerturbationError
 from taskweave.planning.grounding import GroundingError, GroundingStats, format_skill_catalogue, ground_call
-from taskweave.planning.llm import LLMClient, LLMError, make_llm
+from taskweave.planning.llm import LLMClient, LLMError, constraints, make_llm
 from taskweave.planning.prompts import build_messages
+from taskweave.sim.errors import UserError
 from taskweave.sim.skill_types import SkillCall, SkillResult
 
 ExecutorFactory = Callable[..., object]
+
+
+class ConstrainModeError(UserError, ValueError):
+    """A --constrain value that is not a mode."""
 _PLACEHOLDER = re.compile(r"\$(goal|base)(\d*)")
 
 
@@ -123,7 +137,9 @@ class EpisodeRecord:
 # ---- the harness -----------------------------------------------------------------------------
 Trace = Callable[[dict], None]
 DONE_NAMES = frozenset({"done", "finish", "finished", "stop", "end"})
-MOVED_TOL = 0.03   # metres an object not named by a skill may drift before it counts as an unexpected change
+MOVED_TOL = 0.03   # metres an object not named by a skill may drift (in the observation) before it counts as a change
+_OBJECT_LINE = re.compile(r"^- (?P<name>[^:\s]+): (?P<what>.*?) at \((?P<x>-?[\d.]+), (?P<y>-?[\d.]+), "
+                          r"(?P<z>-?[\d.]+)\)(?P<tipped>, tipped over)?\s*$")
 
 
 def format_history(lines: list) -> str:
@@ -138,24 +154,91 @@ def outcome_line(call, result: SkillResult) -> str:
     return f"{call} -> failed ({result.failure}): {result.message}"
 
 
-def describe_subset(state, names) -> str:
-    """An observation restricted to the named objects/zones: their state, their relations and the gripper."""
+def observed_objects(observation: str) -> dict:
+    """Object name -> (x, y, z, tipped over) for every object line of a text observation (what it shows)."""
+    out, section = {}, ""
+    for line in (observation or "").splitlines():
+        line = line.rstrip()
+        if line and not line.startswith("- "):
+            section = line.split(":", 1)[0].strip().lower()
+            continue
+        m = _OBJECT_LINE.match(line)
+        if m and section == "objects":
+            out[m["name"]] = (float(m["x"]), float(m["y"]), float(m["z"]), bool(m["tipped"]))
+    return out
+
+
+def observation_change(before: str, after: str, call=None, tol: float = MOVED_TOL) -> str:
+    """What the observation text shows changing from `before` to `after` beyond the objects `call` names:
+    an object that appeared, disappeared, tipped over or moved more than tol; '' when nothing did.
+
+    Only the two observation texts are compared (never the env's event log or true poses), so a change
+    counts exactly when a robot reading the observation could see it.
+    """
+    named = set(call.objects()) if isinstance(call, SkillCall) else set()
+    old, new = observed_objects(before), observed_objects(after)
+    changes = []
+    for n in list(old) + [n for n in new if n not in old]:
+        if n in named:
+            continue
+        if n not in new:
+            changes.append(f"{n} is no longer seen")
+        elif n not in old:
+            changes.append(f"{n} appeared at ({new[n][0]:.2f}, {new[n][1]:.2f})")
+        else:
+            (bx, by, bz, bt), (x, y, z, t) = old[n], new[n]
+            if math.dist((x, y, z), (bx, by, bz)) > tol:
+                changes.append(f"{n} moved from ({bx:.2f}, {by:.2f}) to ({x:.2f}, {y:.2f})")
+            elif t != bt:
+                changes.append(f"{n} {'tipped over' if t else 'stands upright again'}")
+    return "; ".join(changes)
+
+
+def _split_facts(text: str) -> list:
+    """The facts of an observation's relations list ('none' gives none), split at top-level commas."""
+    facts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            facts.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    facts.append(cur.strip())
+    return [f for f in facts if f and f != "none"]
+
+
+def describe_subset(observation: str, names) -> str:
+    """A text observation cut down to the named objects/zones: their lines, the relations naming them and
+    the gripper line (an object the observation does not show is said to be not seen); other lines that
+    name no object (the task's rules, say) are kept as they are."""
     names = [n for n in dict.fromkeys(names)]
-    lines = []
-    for n in names:
-        o = state.objects.get(n)
-        if o is not None:
-            where = f"at ({o.pos[0]:.2f}, {o.pos[1]:.2f}, {o.pos[2]:.2f})" if o.visible else "not visible"
-            lines.append(f"- {n}: {o.color} {o.category if o.category != 'block' else o.shape} {where}")
-        elif n in state.zones:
-            z = state.zones[n]
-            lines.append(f"- {n}: {z.color} zone centred at ({z.center[0]:.2f}, {z.center[1]:.2f})")
     wanted = set(names)
-    facts = sorted(str(f) for f in state.facts if f.name != "on_table"
-                   and any(isinstance(a, str) and a in wanted for a in f.args))
-    lines.append("Relations: " + (", ".join(facts) if facts else "none"))
-    lines.append("Gripper: " + (f"holding {state.held}" if state.held else "empty"))
-    return "\n".join(lines)
+    lines, relations, gripper, other, section = {}, [], "Gripper: unknown", [], ""
+    for line in (observation or "").splitlines():
+        line = line.rstrip()
+        head = line.split(":", 1)[0].strip().lower() if ":" in line and not line.startswith("- ") else ""
+        if line.startswith("- "):
+            name = line[2:].split(":", 1)[0].strip()
+            if section in ("objects", "zones"):
+                if name in wanted:
+                    lines[name] = line
+            else:
+                other.append(line)
+        elif head == "relations":
+            relations = [f for f in _split_facts(line.split(":", 1)[1])
+                         if wanted & set(re.findall(r"[A-Za-z_]\w*", f.partition("(")[2]))]
+        elif head == "gripper":
+            gripper = line
+        elif head in ("objects", "zones", "task"):
+            section = head
+        elif line:
+            section = head
+            other.append(line)
+    out = [lines.get(n, f"- {n}: not seen") for n in names]
+    out.append("Relations: " + (", ".join(relations) if relations else "none"))
+    out.append(gripper)
+    return "\n".join(out + other)
 
 
 class Episode:
@@ -163,8 +246,15 @@ class Episode:
 
     def __init__(self, planner: str, executor, llm: LLMClient, *, task: str = "", seed: Optional[int] = None,
                  backend: str = "", trace: Optional[Trace] = None, max_steps: int = 40,
-                 max_corrections: int = 10, config: Optional[dict] = None):
-        """Start the clock, bind the LLM to the executor and open an EpisodeRecord."""
+                 max_corrections: int = 10, config: Optional[dict] = None, constrain: str = "grammar"):
+        """Start the clock, bind the LLM to the executor and open an EpisodeRecord.
+
+        constrain: 'grammar' (constrain replies where the backend can) or 'none' (free decoding).
+        """
+        if constrain not in constraints.CONSTRAIN_MODES:
+            raise ConstrainModeError(f"unknown constrain mode {constrain!r} (choose one of: "
+                                     f"{', '.join(constraints.CONSTRAIN_MODES)})")
+        self.constrain = constrain
         self.executor, self.llm, self.trace_fn = executor, llm, trace
         self.max_steps, self.max_corrections = int(max_steps), int(max_corrections)
         llm.bind(executor)   # an LLM answering from a world model (offline) reads this one
@@ -180,7 +270,8 @@ class Episode:
         self.config = dict(config or {})
         self._usage0 = llm.meter.to_dict()
         self._t0 = time.monotonic()
-        self.seen_events: list = []   # perturbation events that fired during a skill (kept across restores)
+        self.seen_events: list = []   # perturbation events that fired during a skill (for the record only)
+        self.restores = 0             # simulator undos (privileged)
         self.emit("start", planner=planner, task=self.record.task, instruction=self.record.instruction)
 
     # ---- scene --------------------------------------------------------------------------
@@ -199,42 +290,41 @@ class Episode:
         return {"skills": format_skill_catalogue(), "objects": ", ".join(self.objects) or "none",
                 "zones": ", ".join(self.zones) or "none", "task": self.executor.instruction}
 
-    def events(self) -> list:
-        """The executor's perturbation events so far."""
-        return list(self.executor.events or [])
-
-    def positions(self) -> dict:
-        """Object name -> (x, y, z, visible) now, from the executor's symbolic state."""
-        st = self.executor.symbolic()
-        return {n: (float(o.pos[0]), float(o.pos[1]), float(o.pos[2]), bool(o.visible)) for n, o in st.objects.items()}
-
-    def unexpected_change(self, call, before_events: int, before_pos: dict) -> str:
-        """Why the scene changed beyond what `call` should do ('' when nothing unexpected happened)."""
-        evs = self.events()[before_events:]
-        named = set(call.objects()) if isinstance(call, SkillCall) else set()
-        moved = []
-        for n, (x, y, z, vis) in self.positions().items():
-            if n in named or n not in before_pos:
-                continue
-            bx, by, bz, bvis = before_pos[n]
-            if vis != bvis:
-                moved.append(f"{n} {'appeared' if vis else 'disappeared'}")
-            elif math.dist((x, y, z), (bx, by, bz)) > MOVED_TOL:
-                moved.append(f"{n} moved from ({bx:.2f}, {by:.2f}) to ({x:.2f}, {y:.2f})")
-        if not moved and not evs:
-            return ""
-        return "; ".join(moved) if moved else "the scene was disturbed while the skill ran"
+    def _event_log(self) -> list:
+        """The executor's perturbation events so far: for the record only, never for a planner decision."""
+        return list(getattr(self.executor, "events", None) or [])
 
     # ---- LLM ----------------------------------------------------------------------------
+    def constraint(self, name: str, **kw):
+        """The constraint for a reply of this kind in this scene, or None with --constrain none.
+
+        name: 'plan' (whole plan), 'step' (one call or done), 'option' (n_options=...), 'verdict', 'subgoal'
+        (max_calls=...).
+        """
+        if self.constrain == "none":
+            return None
+        if name == "plan":
+            return constraints.plan_constraint(self.objects, self.zones)
+        if name == "step":
+            return constraints.step_constraint(self.objects, self.zones)
+        if name == "option":
+            return constraints.option_constraint(int(kw["n_options"]))
+        if name == "verdict":
+            return constraints.verdict_constraint()
+        if name == "subgoal":
+            return constraints.subgoal_constraint(self.objects, self.zones, int(kw.get("max_calls", 3)))
+        raise ValueError(f"no constraint named {name!r}")
+
     def ask(self, prompt: str, *, tag: str, n: int = 1, temperature: float = 0.0, top_p: float = 1.0,
-            max_tokens: Optional[int] = None, **fields) -> Optional[list]:
-        """Render a template and ask for n completions; None (and the episode stopped) on an LLM error."""
+            max_tokens: Optional[int] = None, constraint=None, **fields) -> Optional[list]:
+        """Render a template and ask for n completions (under constraint, where the backend can enforce it);
+        None (and the episode stopped) on an LLM error."""
         if self.stopped:
             return None
         messages = build_messages(prompt, **fields)
         try:
             resp = self.llm.complete(messages, n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
-                                     tag=tag)
+                                     tag=tag, constraint=constraint)
         except LLMError as e:
             self.stop(f"LLM error ({tag}): {e}")
             return None
@@ -266,7 +356,7 @@ class Episode:
                 result, shown = SkillResult(False, "invalid_args", g.reason), g.call
             else:
                 shown = g.call
-                n_events = len(self.events())
+                n_events = len(self._event_log())
                 try:
                     result = self.executor.execute(g.call)
                 except Exception as e:  # an executor bug must end this episode, not the whole run
@@ -274,7 +364,7 @@ class Episode:
                     self.stop(f"executor raised {type(e).__name__} on {g.call}: {e}")
                 if not isinstance(result, SkillResult):
                     result = SkillResult(False, "executor_error", f"executor returned {type(result).__name__}")
-                for e in self.events()[n_events:]:
+                for e in self._event_log()[n_events:]:
                     self.seen_events.append(str(e.get("event", e)) if isinstance(e, dict) else str(e))
         step = self.record.add_step(shown, result, correction=correction, source=source)
         self.emit("step", i=len(self.record.steps), call=step.call, success=step.success, failure=step.failure,
@@ -282,8 +372,9 @@ class Episode:
         return result
 
     def restore(self, snap, why: str = "") -> None:
-        """Return the scene to a snapshot (backtracking)."""
+        """Return the scene to a snapshot (backtracking): a privileged simulator undo, counted in the record."""
         self.executor.restore(snap)
+        self.restores += 1
         self.note(f"restored the scene{': ' + why if why else ''}")
 
     # ---- budgets and the end --------------------------------------------------------------
@@ -341,7 +432,10 @@ class Episode:
             "grounding": self.stats.to_dict(),
             "grounded_fraction": round(self.stats.grounded / attempted, 4) if attempted else None,
             "events": list(self.seen_events),
+            "restores": int(self.restores),
+            "privileged": bool(self.restores or self.config.get("privileged", False)),
             "budgets": {"max_steps": self.max_steps, "max_corrections": self.max_corrections},
+            "constrain": self.constrain,
             "config": self.config,
         })
         rec.extra.update(extra)
@@ -382,7 +476,7 @@ def run_episode(task, planner="tree", llm_spec: str = "offline", backend: str = 
     own_llm = llm is None
     if own_llm:
         kw = dict(llm_kwargs or {})
-        if llm_spec.split(":", 1)[0] == "offline":
+        if llm_spec.split(":", 1)[0] in ("offline", "llama"):   # seeded backends follow the episode seed
             kw.setdefault("seed", seed)
         llm = make_llm(llm_spec, **kw)
     env = make_env(task, backend, control="skill")
@@ -406,4 +500,4 @@ def run_episode(task, planner="tree", llm_spec: str = "offline", backend: str = 
 
 
 __all__ = ["EpisodeRecord", "StepRecord", "Episode", "Trace", "DONE_NAMES", "format_history", "outcome_line",
-           "describe_subset", "run_episode", "resolve_perturbations", "ExecutorFactory"]
+           "describe_subset", "observation_change", "observed_objects", "run_episode", "resolve_perturbations", "ExecutorFactory"]

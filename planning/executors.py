@@ -52,7 +52,8 @@ class SkillExecutor(Protocol):
 
     @property
     def events(self) -> list:
-        """Perturbation events that have fired so far this episode."""
+        """Perturbation events that have fired so far this episode (for the record only: no planner
+        decision reads them; a planner sees a change only in `observe()`)."""
         ...
 
     def execute(self, call: SkillCall) -> SkillResult:

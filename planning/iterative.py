@@ -1,5 +1,9 @@
 """Iterative-Planner baseline: one LLM call per skill, shown the current observation and the history;
 after a failure the error message goes into the next prompt (a correction). Budgets: steps and corrections.
+
+Its few-shot example is Tree-Planner's and open loop's (`planning/prompts/examples/plan.txt`: worked plans
+for other scenes, shown as example plans; the prompt then asks for the next step), so the comparison
+differs in the control flow only. Its feedback is `episode.outcome_line`, the same text every planner gets.
 """
 from __future__ import annotations
 
@@ -17,11 +21,12 @@ class IterativePlanner:
     name = "iterative"
 
     def __init__(self, max_steps: int = 40, max_corrections: int = 10, max_malformed: int = 3,
-                 temperature: float = 0.0, max_tokens: int = 64, example: Optional[str] = None):
+                 temperature: float = 0.0, max_tokens: int = 64, example: Optional[str] = None,
+                 constrain: str = "grammar"):
         """Configure the step, correction and consecutive-malformed-reply budgets and the sampling."""
         self.max_steps, self.max_corrections, self.max_malformed = int(max_steps), int(max_corrections), int(max_malformed)
-        self.temperature, self.max_tokens = float(temperature), int(max_tokens)
-        self.example = load_example("next_step") if example is None else example
+        self.temperature, self.max_tokens, self.constrain = float(temperature), int(max_tokens), constrain
+        self.example = load_example("plan") if example is None else example   # the same examples as Tree-Planner
 
     def config(self) -> dict:
         """The planner's settings as a dict."""
@@ -31,11 +36,13 @@ class IterativePlanner:
             trace=None) -> EpisodeRecord:
         """Plan and act one skill at a time; returns the EpisodeRecord."""
         ep = Episode(self.name, executor, llm, task=task, seed=seed, backend=backend, trace=trace,
+                     constrain=self.constrain,
                      max_steps=self.max_steps, max_corrections=self.max_corrections, config=self.config())
         history, error, correction, bad_streak = [], "", False, 0
         while ep.budget_left():
             texts = ep.ask("iterative_step", tag="iterative_step", temperature=self.temperature,
-                           max_tokens=self.max_tokens, observation=executor.observe(), history=format_history(history),
+                           max_tokens=self.max_tokens, constraint=ep.constraint("step"),
+                           observation=executor.observe(), history=format_history(history),
                            error=error, example=self.example, **ep.skill_fields())
             if texts is None:
                 break
@@ -66,7 +73,7 @@ class IterativePlanner:
                 continue
             if not ep.use_correction():
                 break
-            error = f"The last skill {call} failed ({result.failure}): {result.message}. Choose a skill that recovers."
+            error = f"The last attempt failed: {history[-1]}"
             correction = True
         return ep.finish()
 

@@ -14,10 +14,11 @@ class OpenLoopPlanner:
     name = "openloop"
 
     def __init__(self, temperature: float = 0.0, max_tokens: int = 400, max_steps: int = 40,
-                 example: Optional[str] = None):
+                 example: Optional[str] = None, constrain: str = "grammar"):
         """Configure the single sampling call and the step budget."""
         self.temperature, self.max_tokens, self.max_steps = float(temperature), int(max_tokens), int(max_steps)
-        self.example = load_example("plan") if example is None else example
+        self.constrain = constrain
+        self.example = load_example("plan") if example is None else example   # the same examples as Tree-Planner
 
     def config(self) -> dict:
         """The planner's settings as a dict."""
@@ -27,9 +28,11 @@ class OpenLoopPlanner:
             trace=None) -> EpisodeRecord:
         """Plan once and execute every line; returns the EpisodeRecord."""
         ep = Episode(self.name, executor, llm, task=task, seed=seed, backend=backend, trace=trace,
+                     constrain=self.constrain,
                      max_steps=self.max_steps, max_corrections=0, config=self.config())
         texts = ep.ask("tree_sample", tag="openloop_sample", n=1, temperature=self.temperature,
-                       max_tokens=self.max_tokens, state=executor.observe(), example=self.example,
+                       max_tokens=self.max_tokens, constraint=ep.constraint("plan"), state=executor.observe(),
+                       example=self.example,
                        **ep.skill_fields())
         if texts is None:
             return ep.finish()

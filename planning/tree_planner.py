@@ -6,27 +6,51 @@ ask the LLM only where the tree branches; on failure, correct among siblings or 
 2. Action tree: a trie keyed by the exact normalised action line; `[END]` closes every plan; identical
    prefixes merge; every node keeps the indices of the plans through it.
 3. Grounded deciding: from the root, a node with one valid child costs no LLM call; otherwise k votes
-   (default 20, temperature 0.7) over lettered options, shown an observation restricted to the objects
-   the candidate children name, the task and the actions executed so far.
-4. Correction: a failed child is marked invalid, the snapshot taken before it is restored, and the LLM
-   re-decides among the valid siblings with the error in the prompt; with none left, the planner
-   backtracks to the nearest ancestor with valid children and restores that node's snapshot. The history
-   shown to the LLM is always the path from the root to the current node, so undone actions never appear.
-   Correction budget: 10.
+   (default 20, temperature 0.7) over lettered options, shown the text observation cut down to the objects
+   the candidate children name (`episode.describe_subset` of `executor.observe()`), the task and the
+   actions executed so far.
+4. Correction: a failed child is marked invalid and the LLM re-decides among the valid siblings with the
+   failure (`episode.outcome_line`, the feedback every planner gets) in the prompt; with none left, the
+   planner backtracks to the nearest ancestor with valid children. Correction budget: 10.
+   Retry budget per node: a transient failure (`TRANSIENT_FAILURES`: grasp_slipped, grasp_failed, timeout)
+   leaves the node valid for up to `node_retries` (default 1) more tries; any other failure (invalid_args,
+   unreachable, not_holding, ...) rules it out at once.
+
+Backtracking, `backtrack=` (`taskweave plan --backtrack`):
+- "physical" (default; what a robot can do): no simulator undo, `executor.restore` is never called. After
+  a failure the world stays as the failed skill left it and the next choice among the siblings is grounded
+  on that real state. Backtracking to an ancestor does not undo anything either: it means continuing from
+  the real state with the ancestor's remaining valid children (the actions below the ancestor that did run
+  stay done). The history shown to the LLM is every skill that really ran, in order, failures included.
+  A candidate whose action already failed (not transiently) in exactly the observation seen now is ruled
+  out without running it again (the same call in the same observed state fails the same way).
+- "restore" (the paper's code; privileged): the snapshot taken before the failed child is restored, and a
+  backtrack restores the ancestor's snapshot. The history shown to the LLM is the path from the root to the
+  current node, so undone actions never appear. Every restore is counted (`extra["restores"]`) and the
+  record says `privileged: true`. A restore rewinds the physics only: the perturbation clock is not
+  rewound and a perturbation that fired never fires again (`TaskEnv.restore`). On an executor that cannot
+  restore (`can_restore` false, e.g. ROS) the planner falls back to physical and notes it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
-from taskweave.planning.episode import Episode, EpisodeRecord, describe_subset, format_history
+from taskweave.planning.episode import Episode, EpisodeRecord, describe_subset, format_history, outcome_line
 from taskweave.planning.grounding import LineError, clean_line, ground_plan, is_terminator
 from taskweave.planning.prompts import load_example
 from taskweave.planning.grounding import format_options, vote_option
+from taskweave.sim.errors import UserError
 from taskweave.sim.skill_types import SkillCall, SkillSyntaxError
 
 END = "[END]"
 END_OPTION = "[END] (stop: the task is complete)"
+BACKTRACK_MODES = ("physical", "restore")
+TRANSIENT_FAILURES = frozenset({"grasp_slipped", "grasp_failed", "timeout"})   # worth trying the node again
+
+
+class BacktrackModeError(UserError, ValueError):
+    """A --backtrack value that is not a mode."""
 
 
 def normalize_action(action) -> str:
@@ -55,6 +79,7 @@ class TreeNode:
     plan_ids: list = field(default_factory=list)
     valid: bool = True
     error: str = ""
+    failures: int = 0       # times this node's action ran and failed
     snapshot: Any = field(default=None, repr=False)  # the scene after this node's action ran (the root's: before anything ran)
 
     @property
@@ -143,23 +168,34 @@ class TreePlanner:
 
     def __init__(self, n_samples: int = 50, temperature: float = 0.8, top_p: float = 0.95, n_votes: int = 20,
                  vote_temperature: float = 0.7, max_corrections: int = 10, max_steps: int = 40,
-                 max_tokens: int = 400, example: Optional[str] = None):
-        """Configure sampling (N plans), deciding (k votes) and the correction and step budgets."""
+                 max_tokens: int = 400, example: Optional[str] = None, constrain: str = "grammar",
+                 backtrack: str = "physical", node_retries: int = 1):
+        """Configure sampling (N plans), deciding (k votes), the correction and step budgets, backtracking
+        ('physical' or the privileged 'restore') and the retries a node gets after a transient failure."""
+        if backtrack not in BACKTRACK_MODES:
+            raise BacktrackModeError(f"unknown backtrack mode {backtrack!r} (choose one of: "
+                                     f"{', '.join(BACKTRACK_MODES)})")
+        if int(node_retries) < 0:
+            raise ValueError(f"node_retries must be >= 0, got {node_retries}")
+        self.backtrack, self.node_retries = backtrack, int(node_retries)
         self.n_samples, self.temperature, self.top_p = int(n_samples), float(temperature), float(top_p)
         self.n_votes, self.vote_temperature = int(n_votes), float(vote_temperature)
         self.max_corrections, self.max_steps, self.max_tokens = int(max_corrections), int(max_steps), int(max_tokens)
         self.example = load_example("plan") if example is None else example
+        self.constrain = constrain
         self.last_tree: Optional[ActionTree] = None
 
     def config(self) -> dict:
         """The planner's settings as a dict."""
         return {"n_samples": self.n_samples, "temperature": self.temperature, "top_p": self.top_p,
-                "n_votes": self.n_votes, "vote_temperature": self.vote_temperature}
+                "n_votes": self.n_votes, "vote_temperature": self.vote_temperature, "backtrack": self.backtrack,
+                "node_retries": self.node_retries, "privileged": self.backtrack == "restore"}
 
     def sample_tree(self, ep: Episode) -> Optional[ActionTree]:
         """Sample N plans in one request, drop the invalid ones and build the action tree."""
         texts = ep.ask("tree_sample", tag="tree_sample", n=self.n_samples, temperature=self.temperature,
-                       top_p=self.top_p, max_tokens=self.max_tokens, state=ep.executor.observe(),
+                       top_p=self.top_p, max_tokens=self.max_tokens, constraint=ep.constraint("plan"),
+                       state=ep.executor.observe(),
                        example=self.example, **ep.skill_fields())
         if texts is None:
             return None
@@ -181,8 +217,14 @@ class TreePlanner:
             trace=None) -> EpisodeRecord:
         """Plan and act one episode; returns its EpisodeRecord."""
         ep = Episode(self.name, executor, llm, task=task, seed=seed, backend=backend, trace=trace,
+                     constrain=self.constrain,
                      max_steps=self.max_steps, max_corrections=self.max_corrections, config=self.config())
-        ep.plans_dropped, ep.decide_calls = 0, 0
+        ep.plans_dropped, ep.decide_calls, ep.retries = 0, 0, 0
+        ep.backtrack = self.backtrack
+        if self.backtrack == "restore" and not getattr(executor, "can_restore", True):
+            ep.backtrack = "physical"
+            ep.config["privileged"] = False
+            ep.note(f"{getattr(executor, 'kind', 'this executor')} cannot restore a scene: backtracking physically")
         tree = self.last_tree = self.sample_tree(ep)
         if tree is None:
             return ep.finish(**self._extra(ep, None))
@@ -193,11 +235,22 @@ class TreePlanner:
         return ep.finish(**self._extra(ep, tree))
 
     def _walk(self, ep: Episode, tree: ActionTree) -> None:
+        restore = ep.backtrack == "restore"
         node = tree.root
-        node.snapshot = ep.executor.snapshot()
+        if restore:
+            node.snapshot = ep.executor.snapshot()
+        ran = []                       # outcome lines of every skill that really ran (physical history)
+        failed_in = {}                 # physical: action -> observations it failed in (not transiently)
         error, correction = "", False
         while not ep.stopped:
             cands = node.valid_children()
+            if failed_in and cands:    # the same action in the same observed state fails the same way: skip it
+                seen = ep.executor.observe()
+                for c in cands:
+                    if seen in failed_in.get(c.action, ()):
+                        c.valid, c.error = False, f"{c.action} already failed in this observed state"
+                        ep.note(f"ruled out {c.action}: it already failed in the state observed now")
+                cands = node.valid_children()
             if not cands:
                 if node.parent is None:
                     ep.stop("every branch of the action tree failed")
@@ -205,15 +258,21 @@ class TreePlanner:
                 node.valid = False
                 node.error = node.error or "no valid continuation"
                 parent = node.parent
-                ep.restore(parent.snapshot, f"backtracked from {node.action} to "
-                                            f"{parent.action or 'the start'}")
-                error = f"Every continuation after {node.action} failed, so it was undone."
+                if restore:
+                    ep.restore(parent.snapshot, f"backtracked from {node.action} to {parent.action or 'the start'}")
+                    error = f"Every continuation after {node.action} failed, so it was undone."
+                else:
+                    ep.note(f"backtracked from {node.action} to {parent.action or 'the start'} "
+                            f"(nothing undone: continuing from the current state)")
+                    error = (f"Every continuation after {node.action} failed. Nothing was undone: choose among "
+                             f"the alternatives to {node.action} from the current state.")
                 node, correction = parent, True
                 continue
             if len(cands) == 1:
                 child, source = cands[0], "tree"
             else:
-                child = self._decide(ep, node, cands, error)
+                history = [f"{n.action} -> ok" for n in node.path()] if restore else ran
+                child = self._decide(ep, cands, error, history)
                 source = "decide"
                 if child is None:
                     return
@@ -225,27 +284,40 @@ class TreePlanner:
             result = ep.execute(child.call, source=source, correction=correction)
             if ep.stopped:
                 return
+            line = outcome_line(child.call, result)
+            ran.append(line)
             if result.success:
-                child.snapshot = ep.executor.snapshot()
+                if restore:
+                    child.snapshot = ep.executor.snapshot()
                 node, error, correction = child, "", False
                 continue
-            child.valid = False
-            child.error = f"{child.action} failed ({result.failure}): {result.message}"
+            child.failures += 1
+            child.error = line
+            retry = result.failure in TRANSIENT_FAILURES and child.failures <= self.node_retries
+            if retry:
+                ep.retries += 1
+                ep.note(f"{child.action} failed ({result.failure}), a transient failure: it may be tried again "
+                        f"({child.failures} of {self.node_retries} retries used)")
+            else:
+                child.valid = False
+                if not restore:
+                    failed_in.setdefault(child.action, set()).add(ep.executor.observe())
             if not ep.use_correction():
                 return
-            ep.restore(node.snapshot, f"undid the failed {child.action}")
-            error, correction = child.error, True
+            if restore:
+                ep.restore(node.snapshot, f"undid the failed {child.action}")
+            error, correction = f"The last attempt failed: {line}", True
 
-    def _decide(self, ep: Episode, node: TreeNode, cands: list, error: str) -> Optional[TreeNode]:
+    def _decide(self, ep: Episode, cands: list, error: str, history: list) -> Optional[TreeNode]:
         """Majority of k votes over the lettered candidates; the most popular candidate if no vote is readable."""
         names = [a for c in cands if c.call is not None for a in c.call.objects()]
-        observation = describe_subset(ep.executor.symbolic(), names)
+        observation = describe_subset(ep.executor.observe(), names)
         options = format_options([END_OPTION if c.is_end else c.action for c in cands])
-        history = format_history([n.action for n in node.path()])
         ep.decide_calls += 1
         texts = ep.ask("tree_decide", tag="tree_decide", n=self.n_votes, temperature=self.vote_temperature,
-                       max_tokens=8, task=ep.executor.instruction, observation=observation, history=history,
-                       options=options, error=f"The last attempt failed: {error}" if error else "")
+                       max_tokens=8, constraint=ep.constraint("option", n_options=len(cands)),
+                       task=ep.executor.instruction, observation=observation, history=format_history(history),
+                       options=options, error=error)
         if texts is None:
             return None
         idx, votes, bad = vote_option(texts, len(cands))
@@ -262,7 +334,9 @@ class TreePlanner:
         return {"plans_sampled": self.n_samples, "plans_valid": tree.num_plans if tree else 0,
                 "plans_dropped": int(getattr(ep, "plans_dropped", 0)),
                 "tree_nodes": len(tree.nodes()) if tree else 0, "tree_branch_points": tree.branch_points() if tree else 0,
-                "decide_calls": int(getattr(ep, "decide_calls", 0))}
+                "decide_calls": int(getattr(ep, "decide_calls", 0)), "node_retries_used": int(getattr(ep, "retries", 0)),
+                "backtrack": getattr(ep, "backtrack", self.backtrack)}
 
 
-__all__ = ["TreePlanner", "ActionTree", "TreeNode", "normalize_action", "END"]
+__all__ = ["TreePlanner", "ActionTree", "TreeNode", "normalize_action", "END", "BACKTRACK_MODES",
+           "TRANSIENT_FAILURES", "BacktrackModeError"]

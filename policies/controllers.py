@@ -65,7 +65,7 @@ def run_policy_episodes(envs: Sequence, seeds: Sequence[int], runner, task_ids: 
         for i in range(n):
             if not active[i]:
                 continue
-            res = runs[i].step(acts[i])
+            res = runs[i].result if runs[i].done else runs[i].step(acts[i])   # done: refused before any tick
             if res is None:
                 continue
             out[i]["skills"].append({"call": str(runs[i].call), "text": texts[i], "success": res.success,

@@ -13,6 +13,8 @@ FAILURES = (   # exactly the failure names the code produces (tests/test_archite
     "invalid_args",    # unknown skill/object/zone, wrong argument types, or text that is not a skill call
     "unreachable",     # target outside the arm's workspace
     "not_holding",     # place/rotate without the object in hand
+    "hand_full",       # pick/rotate while the gripper already holds an object (refused before any tick)
+    "not_clear",       # pick/rotate/push of an object with another resting on it (refused before any tick)
     "grasp_failed",    # fingers closed on nothing
     "grasp_slipped",   # object lost while moving
     "collision",       # arm blocked (tracking error stayed large)

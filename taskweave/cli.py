@@ -25,6 +25,7 @@ COMMANDS = {
     "plan": "plan",
     "generate": "generate",
     "bringup": "bringup",
+    "models": "models",
 }
 HELPS = {  # kept here so that `taskweave --help` imports no command module
     "tasks": "list tasks (or `tasks validate FILE.py`)",
@@ -36,6 +37,7 @@ HELPS = {  # kept here so that `taskweave --help` imports no command module
     "plan": "run an LLM planner on a task",
     "generate": "generate new tasks with an LLM (GenSim-style)",
     "bringup": "run the ROS 2 node graph in one process",
+    "models": "list the local language models (llama:NAME)",
 }
 LIBRARY_COMMANDS = ("tasks", "rollout", "demo", "collect", "eval", "plan")
 

@@ -184,7 +184,26 @@ def test_env_snapshot_restores_episode():
     env.execute_skill(env.oracle_plan()[0])
     assert env.text_observation() != text
     env.restore(snap)
-    assert env.text_observation() == text and env.skill_count == 0
+    assert env.text_observation() == text
+    assert env.skill_count == 1   # the physics is restored; the skill clock is not rewound
+    env.close()
+
+
+def test_restore_after_a_fired_perturbation_does_not_fire_it_again():
+    env = make_env("StackTower", "mujoco", control="skill", perturbations="knock@2")
+    env.reset(seed=4)
+    plan = env.oracle_plan()
+    assert env.execute_skill(plan[0]).success and env.execute_skill(plan[1]).success
+    top, base = plan[1].args
+    snap = env.snapshot()                          # the stack stands; the knock has not fired yet
+    env.execute_skill(plan[2])                     # the knock fires before this skill
+    assert [e["event"] for e in env.events] == [f"knocked {top} off {base}"]
+    env.restore(snap)
+    assert env.symbolic_state().holds(P("on", top, base))          # the world is back ...
+    assert env.perturbations[0].fired and len(env.events) == 1     # ... the perturbation's bookkeeping is not
+    assert env.skill_count == 3
+    env.execute_skill(plan[2])                     # the same skill again: no second knock
+    assert len(env.events) == 1 and env.symbolic_state().holds(P("on", top, base))
     env.close()
 
 

@@ -171,7 +171,8 @@ def test_server_ignoring_n_is_looped(server_factory):
     c = client_for(srv)
     r = c.complete(MSGS, n=3, temperature=0.8)
     assert r.texts == ["pick(a)"] * 3 and len(srv.requests) == 3
-    assert c.supports_n is False and (r.prompt_tokens, r.completion_tokens) == (33, 9)
+    assert c.supports_n is False and (r.prompt_tokens, r.completion_tokens) == (11, 9)
+    assert r.prompt_tokens_sent == 33 and [q.get("seed") for q in srv.requests] == [0, 1, 2]  # prompt once / as sent
     r = c.complete(MSGS, n=2, temperature=0.8)  # now it loops straight away, without sending n
     assert len(r.texts) == 2 and len(srv.requests) == 5
     assert all("n" not in q for q in srv.requests[3:])
@@ -206,7 +207,8 @@ def test_500s_exhaust_retries_with_clear_error(server_factory):
     assert len(srv.requests) == 3
     assert srv.base_url + "/chat/completions" in msg and "500" in msg and "3 attempt(s)" in msg
     assert "internal meltdown" in msg
-    assert c.meter.calls == 0  # a failed call is not metered as answered
+    assert c.meter.calls == 0  # a failed call is not metered as answered, but as failed with its attempts
+    assert (c.meter.failed_calls, c.meter.requests) == (1, 3)
 
 
 @pytest.mark.parametrize("code", [400, 401, 404])

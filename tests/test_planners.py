@@ -1,5 +1,6 @@
-"""Planners on the MuJoCo backend: action tree, branch-point deciding, backtracking, CLEA under perturbation,
-iterative correction, malformed replies, offline LLM determinism and record round trips."""
+"""Planners on the MuJoCo backend: action tree, branch-point deciding, physical and restore backtracking, node
+retries, CLEA under perturbation (seen only through the observation), iterative correction, malformed replies,
+offline LLM determinism and record round trips."""
 from __future__ import annotations
 
 import argparse
@@ -16,7 +17,7 @@ from taskweave.planning.episode import EpisodeRecord
 from taskweave.commands.plan import add_arguments as add_plan_arguments
 from taskweave.commands.plan import run as plan_main
 from taskweave.envs.skill_loop import ScriptedController
-from taskweave.planning.episode import resolve_perturbations, run_episode
+from taskweave.planning.episode import describe_subset, observation_change, resolve_perturbations, run_episode
 from taskweave.planning.executors import EnvSkillExecutor
 from taskweave.planning.llm import LLMClient, LLMError, LLMResponse, make_llm
 from taskweave.planning.llm.offline import MODEL_NAME, ErrorRates, OfflineLLM
@@ -138,11 +139,13 @@ def test_backtracking_restores_the_exact_scene_and_hides_undone_actions(stack_en
              + [f"pick({b})\nplace({b}, {a})\n[END]"])
     llm = ScriptedLLM({"tree_sample": plans, "tree_decide": "A"})
     ex = RecordingExecutor(stack_env)
-    rec = TreePlanner(n_samples=6, n_votes=3).run(ex, llm)
+    rec = TreePlanner(n_samples=6, n_votes=3, backtrack="restore").run(ex, llm)
     calls = [s.call for s in rec.steps]
     assert calls == [f"pick({d})", f"place({a}, {b})", f"pick({a})", f"place({a}, {b})"]
     assert rec.success and rec.failures == 1 and rec.corrections == 1
     assert len(ex.checked) == 2 and all(ex.checked)          # undo the failed place, then back to the root
+    assert rec.extra["restores"] == 2 and rec.extra["privileged"] is True     # the privileged undo is counted
+    assert rec.extra["config"]["backtrack"] == "restore" and rec.extra["backtrack"] == "restore"
     decides = [m for tag, m in llm.requests if tag == "tree_decide"]
     assert len(decides) == 2                                   # the root is decided again after backtracking
     history = re.search(r"Skills executed so far:\n(.*?)\n\n", user_text(decides[1]), re.S).group(1)
@@ -150,6 +153,92 @@ def test_backtracking_restores_the_exact_scene_and_hides_undone_actions(stack_en
     assert "undone" in user_text(decides[1]) and f"pick({d})" not in user_text(decides[1]).split("Which skill")[1]
     stack_env.reset(seed=0)
     assert np.array_equal(stack_env.backend.object_poses(), start)
+
+
+class NoUndoExecutor(EnvSkillExecutor):
+    """An executor that fails the test if a planner asks it to snapshot or restore the scene."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.undo_calls = 0
+
+    def snapshot(self):
+        self.undo_calls += 1
+        raise AssertionError("physical backtracking must not snapshot the scene")
+
+    def restore(self, snap):
+        self.undo_calls += 1
+        raise AssertionError("physical backtracking must not restore the scene")
+
+
+def test_physical_backtracking_never_restores_and_still_recovers(stack_env):
+    a, b, d = scene(stack_env)
+    # the popular plan's place fails (not holding a); the world stays as it is (d turned, gripper empty), the
+    # rotate node has no other child, so the planner goes on from the real state with the root's other child
+    plans = ([f"rotate({d}, 30)\nplace({a}, {b})\n[END]"] * 3 + [f"pick({a})\nplace({a}, {b})\n[END]"] * 2
+             + [f"pick({b})\nplace({b}, {a})\n[END]"])
+    llm = ScriptedLLM({"tree_sample": plans, "tree_decide": "A"})
+    ex = NoUndoExecutor(stack_env)
+    events = []
+    rec = TreePlanner(n_samples=6, n_votes=3).run(ex, llm, trace=events.append)     # physical is the default
+    assert ex.undo_calls == 0 and rec.extra["restores"] == 0 and rec.extra["privileged"] is False
+    assert [s.call for s in rec.steps] == [f"rotate({d}, 30)", f"place({a}, {b})", f"pick({a})", f"place({a}, {b})"]
+    assert rec.success and rec.failures == 1 and rec.steps[2].correction
+    decides = [m for tag, m in llm.requests if tag == "tree_decide"]
+    assert len(decides) == 2
+    history = re.search(r"Skills executed so far:\n(.*?)\n\n", user_text(decides[1]), re.S).group(1)
+    assert f"rotate({d}, 30) -> ok" in history and f"place({a}, {b}) -> failed (not_holding)" in history
+    assert "Nothing was undone" in user_text(decides[1])
+    assert any(e["event"] == "note" and "nothing undone" in e["text"] for e in events)
+
+    stack_env.reset(seed=0)   # a failed child: re-decided among its valid siblings from the real state
+    plans = [f"pick({a})\nplace({a}, (0.95, 0.9))\n[END]"] * 3 + [f"pick({a})\nplace({a}, {b})\n[END]"] * 2
+    rec2 = TreePlanner(n_samples=5, n_votes=3).run(NoUndoExecutor(stack_env),
+                                                   ScriptedLLM({"tree_sample": plans, "tree_decide": "A"}))
+    assert [s.failure for s in rec2.steps] == [None, "unreachable", None] and rec2.success
+    assert rec2.extra["restores"] == 0
+
+    stack_env.reset(seed=0)   # an action that failed in the state observed now is not run again elsewhere
+    plans = ([f"rotate({d}, 30)\nplace({a}, {b})\n[END]"] * 3 + [f"place({a}, {b})\npick({a})\n[END]"] * 2
+             + [f"pick({a})\nplace({a}, {b})\n[END]"])
+    events = []
+    rec3 = TreePlanner(n_samples=6, n_votes=3).run(NoUndoExecutor(stack_env),
+                                                   ScriptedLLM({"tree_sample": plans, "tree_decide": "A"}),
+                                                   trace=events.append)
+    assert [s.call for s in rec3.steps] == [f"rotate({d}, 30)", f"place({a}, {b})", f"pick({a})", f"place({a}, {b})"]
+    assert rec3.success and any(e["event"] == "note" and f"ruled out place({a}, {b})" in e["text"] for e in events)
+
+
+def test_restore_mode_falls_back_to_physical_where_the_executor_cannot_restore(stack_env):
+    a, b, _ = scene(stack_env)
+    ex = NoUndoExecutor(stack_env)
+    ex.can_restore = False
+    rec = TreePlanner(n_samples=2, backtrack="restore").run(
+        ex, ScriptedLLM({"tree_sample": [f"pick({a})\nplace({a}, {b})\n[END]"] * 2}))
+    assert rec.success and ex.undo_calls == 0 and rec.extra["backtrack"] == "physical"
+    assert rec.extra["privileged"] is False
+    with pytest.raises(UserError, match="backtrack mode 'undo'"):
+        TreePlanner(backtrack="undo")
+
+
+@pytest.mark.parametrize("backtrack", ["physical", "restore"])
+def test_a_transient_failure_is_retried_once_and_a_restore_does_not_refire_it(backtrack):
+    env = make_env("StackOnBlock", "mujoco", control="skill", perturbations="grasp_fail:1.0@0")
+    try:
+        env.reset(seed=0)
+        a, b, _ = scene(env)
+        llm = ScriptedLLM({"tree_sample": [f"pick({a})\nplace({a}, {b})\n[END]"] * 3})
+        rec = TreePlanner(n_samples=3, backtrack=backtrack).run(EnvSkillExecutor(env), llm)
+        assert [s.failure for s in rec.steps] == ["grasp_slipped", None, None]   # the same node, tried again
+        assert rec.success and rec.extra["node_retries_used"] == 1 and rec.corrections == 1
+        assert len(rec.extra["events"]) == 2          # armed once, slipped once: never fired again
+        assert rec.extra["restores"] == (1 if backtrack == "restore" else 0)
+        env.reset(seed=0)                             # no retries: the slipped node is ruled out at once
+        rec0 = TreePlanner(n_samples=3, backtrack=backtrack, node_retries=0).run(EnvSkillExecutor(env), llm)
+        assert [s.failure for s in rec0.steps] == ["grasp_slipped"] and not rec0.success
+        assert "every branch" in rec0.error
+    finally:
+        env.close()
 
 
 def test_tree_planner_offline_end_to_end():
@@ -196,6 +285,78 @@ def test_clea_memory_is_incremental_and_critic_votes_gate_actions(stack_env):
                                                     % scene(stack_env)[0]] * n})
     rec2 = CleaAgent(max_rounds=4).run(EnvSkillExecutor(stack_env), no)
     assert not rec2.steps and rec2.extra["critic_rejections"] == 4 and "round budget" in rec2.error
+
+
+OBS = """Task: stack them
+Objects:
+- red_block: red block, 4 cm wide at (0.40, 0.10, 0.02)
+- blue_block: blue block, 4 cm wide at (0.55, -0.10, 0.02)
+- green_block: green block, 4 cm wide at (0.60, 0.20, 0.02)
+Zones:
+- blue_zone: blue area centred at (0.40, -0.25)
+Relations: clear(blue_block), clear(green_block), on(red_block, blue_block)
+Gripper: empty
+Rules (must hold at all times): not on(blue_block, red_block)"""
+
+
+def test_observation_helpers_read_only_the_observation_text():
+    moved = OBS.replace("(0.60, 0.20, 0.02)", "(0.45, 0.20, 0.02)")
+    pick = SkillCall("pick", ("green_block",))
+    assert observation_change(OBS, OBS, pick) == ""
+    assert observation_change(OBS, moved, pick) == ""                     # the skill's own object
+    assert observation_change(OBS, moved, SkillCall("pick", ("red_block",))) == \
+        "green_block moved from (0.60, 0.20) to (0.45, 0.20)"
+    gone = "\n".join(l for l in OBS.splitlines() if not l.startswith("- blue_block"))
+    assert observation_change(OBS, gone, pick) == "blue_block is no longer seen"
+    sub = describe_subset(OBS, ["red_block", "blue_zone", "yellow_block"]).splitlines()
+    assert sub == ["- red_block: red block, 4 cm wide at (0.40, 0.10, 0.02)",
+                   "- blue_zone: blue area centred at (0.40, -0.25)", "- yellow_block: not seen",
+                   "Relations: on(red_block, blue_block)", "Gripper: empty",
+                   "Rules (must hold at all times): not on(blue_block, red_block)"]
+
+
+class SilentEventsExecutor(EnvSkillExecutor):
+    """Its event log claims a disturbance after every skill, but the scene (and so the observation) is untouched."""
+
+    @property
+    def events(self):
+        return [{"event": f"moved something at skill {i}"} for i in range(self.env.skill_count)]
+
+
+class UnloggedMoveExecutor(EnvSkillExecutor):
+    """Moves an object the skill does not name after the first skill, without logging any event."""
+
+    def __init__(self, env, name, xy):
+        super().__init__(env)
+        self.name, self.xy, self.done = name, xy, False
+
+    def execute(self, call):
+        result = super().execute(call)
+        if not self.done:
+            self.done = True
+            self.env.backend.set_object_pose(self.name, (*self.xy, 0.022))
+            self.env.backend.step(20)
+        return result
+
+    @property
+    def events(self):
+        return []
+
+
+def test_clea_notices_a_perturbation_only_through_the_observation(stack_env):
+    a, b, d = scene(stack_env)
+    rec = CleaAgent().run(SilentEventsExecutor(stack_env), OfflineLLM(seed=0, errors=ErrorRates.none()))
+    assert rec.success and rec.extra["perturbations_noticed"] == 0 and rec.corrections == 0
+    assert rec.extra["events"]                      # the record still keeps the log, for the report
+
+    stack_env.reset(seed=0)
+    x, y = stack_env.symbolic_state().objects[d].pos[:2]
+    events = []
+    rec2 = CleaAgent().run(UnloggedMoveExecutor(stack_env, d, (x, y - 0.1 if y > 0 else y + 0.1)),
+                           OfflineLLM(seed=0, errors=ErrorRates.none()), trace=events.append)
+    assert rec2.success and rec2.extra["perturbations_noticed"] == 1 and not rec2.extra["events"]
+    noticed = [e["text"] for e in events if e["event"] == "note" and "perturbation noticed" in e["text"]]
+    assert len(noticed) == 1 and f"{d} moved from" in noticed[0]
 
 
 # ---------------------------------------------------------------- iterative correction
@@ -275,7 +436,8 @@ def test_controller_executor_and_plan_command(capsys):
         plan_main(p.parse_args(["--task", "StackOnBlock", "--executor", "policy:x.pt"]))
     with pytest.raises(UserError, match="unknown executor"):
         plan_main(p.parse_args(["--task", "StackOnBlock", "--executor", "magic"]))
-    assert plan_main(p.parse_args(["--task", "StackOnBlock", "--planner", "openloop", "--json"])) == 0
+    assert plan_main(p.parse_args(["--task", "StackOnBlock", "--planner", "openloop", "--llm", "offline",
+                                   "--json"])) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["planner"] == "openloop" and out["task"] == "StackOnBlock"
     assert resolve_perturbations("move:$goal0@1,knock@2", [P("on", "a", "b")]) == "move:a@1,knock@2"

@@ -1,6 +1,8 @@
 """Stacking tasks: towers, pyramids, unstacking and the tower of Hanoi."""
 from __future__ import annotations
 
+from typing import Optional
+
 from taskweave.envs.task import BLOCK, P, Layout, SceneSpec, Task, block, free_spot, pick_colors, zone
 from taskweave.sim.skill_types import SkillCall
 
@@ -101,17 +103,103 @@ class TowerOfHanoi(Task):
                             f"block on a smaller one ({cs[0]} is the biggest, {cs[2]} the smallest)")
         big, mid, small = self.names
         self.goals = [P("inside", big, "zone_c"), P("on", mid, big), P("on", small, mid)]
+        # the stated rule, as data: never a larger block on a smaller one (checked after every skill)
+        self.rules = [P("not", P("on", a, b)) for i, a in enumerate(self.names) for b in self.names[i + 1:]]
         return SceneSpec(objects=objs, zones=zs)
 
     def oracle_plan(self, state):
-        """The classic seven-move solution when the tower is intact; generic goals otherwise."""
-        big, mid, small = self.names
-        if not state.held and all(state.holds(p) for p in (P("inside", big, "zone_a"), P("on", mid, big),
-                                                           P("on", small, mid))):
-            moves = [(small, "zone_c"), (mid, "zone_b"), (small, mid), (big, "zone_c"), (small, "zone_a"),
-                     (mid, big), (small, mid)]
-            return [c for o, t in moves for c in (SkillCall("pick", (o,)), SkillCall("place", (o, t)))]
-        return super().oracle_plan(state)
+        """A shortest legal sequence of one-block moves onto the pegs (zones) from the current state: the
+        classic seven moves from the intact tower; blocks off the pegs (dropped, knocked) are moved back on.
+        Generic goals when the state is not a legal Hanoi position."""
+        pegs = hanoi_pegs(state, self.names, ("zone_a", "zone_b", "zone_c"))
+        if pegs is None:
+            return super().oracle_plan(state)
+        moves = hanoi_moves(pegs, self.names, "zone_c", first=state.held)
+        if moves is None:
+            return super().oracle_plan(state)
+        self._reserved = []
+        plan = []
+        if state.held and (not moves or moves[0][0] != state.held):
+            plan += self._release(state)   # set the held block down off the pegs first
+        for i, (o, t) in enumerate(moves):
+            if not (i == 0 and o == state.held and not plan):
+                plan.append(SkillCall("pick", (o,)))
+            plan.append(SkillCall("place", (o, t)))
+        return plan
 
 
-__all__ = ["StackOnBlock", "StackTower", "StackPyramid", "Unstack", "TowerOfHanoi", "free_spot"]
+def hanoi_pegs(state, names, zones) -> Optional[dict]:
+    """Stacks (bottom first) of the Hanoi blocks: {zone: [...], None: [[...], ...] off the pegs}, or None when
+    a stack is illegal or ambiguous. Blocks are ordered big first in names; the held block is off the pegs."""
+    size = {n: i for i, n in enumerate(names)}            # lower index = bigger
+    under = {}
+    for f in state.facts:
+        if f.name == "on" and f.args[0] in size and f.args[1] in size:
+            if f.args[0] in under:
+                return None
+            under[f.args[0]] = f.args[1]
+    above = {}
+    for a, b in under.items():
+        if b in above:
+            return None
+        above[b] = a
+    pegs = {z: [] for z in zones}
+    pegs[None] = []
+    for n in names:
+        if n in under:
+            continue
+        stack = [n]
+        while stack[-1] in above and len(stack) <= len(names):
+            stack.append(above[stack[-1]])
+        if len(stack) > len(names) or any(size[a] < size[b] for b, a in zip(stack, stack[1:])):
+            return None   # a cycle, or a larger block on a smaller one (a broken rule)
+        home = [z for z in zones if n != state.held and state.holds(P("inside", n, z))]
+        if home and not pegs[home[0]]:
+            pegs[home[0]] = stack
+        else:
+            pegs[None].append(stack)
+    return pegs
+
+
+def hanoi_moves(pegs: dict, names, goal: str, first: str = "") -> Optional[list]:
+    """Shortest legal (block, target) moves (breadth-first) until every block is on goal, big first; a target
+    is a zone when that peg is empty, else the block on top of it. Stacks off the pegs are only taken from.
+    first: the block the first move must take (the one in the gripper, which nothing else can be picked past)."""
+    size = {n: i for i, n in enumerate(names)}
+    zones = [z for z in pegs if z is not None]
+    start = (tuple(tuple(pegs[z]) for z in zones), tuple(sorted(tuple(s) for s in pegs[None] if s)))
+    want = tuple(tuple(names) if z == goal else () for z in zones)
+    prev = {start: None}
+    frontier = [start]
+    while frontier:
+        nxt = []
+        for node in frontier:
+            on_pegs, off = node
+            if on_pegs == want and not off:
+                path = []
+                while prev[node] is not None:
+                    node, move = prev[node]
+                    path.append(move)
+                return path[::-1]
+            sources = [("peg", i) for i, s in enumerate(on_pegs) if s] + [("off", j) for j in range(len(off))]
+            for kind, i in sources:
+                block = on_pegs[i][-1] if kind == "peg" else off[i][-1]
+                if first and node == start and block != first:
+                    continue
+                for k, dest in enumerate(on_pegs):
+                    if (kind == "peg" and k == i) or (dest and size[dest[-1]] > size[block]):
+                        continue
+                    p2 = [list(s) for s in on_pegs]
+                    o2 = [list(s) for s in off]
+                    (p2[i] if kind == "peg" else o2[i]).pop()
+                    p2[k].append(block)
+                    child = (tuple(tuple(s) for s in p2), tuple(sorted(tuple(s) for s in o2 if s)))
+                    if child not in prev:
+                        prev[child] = (node, (block, dest[-1] if dest else zones[k]))
+                        nxt.append(child)
+        frontier = nxt
+    return None
+
+
+__all__ = ["StackOnBlock", "StackTower", "StackPyramid", "Unstack", "TowerOfHanoi", "free_spot", "hanoi_pegs",
+           "hanoi_moves"]

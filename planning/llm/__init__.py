@@ -1,7 +1,9 @@
 """One LLM client interface: messages in, n completions and token usage out; a backend registry.
 
-Backends are chosen by a spec string: `offline`, `openai:MODEL`, `replay:FILE`. The offline
-backend lives in `planning/llm/offline.py` and registers itself with `register_llm_backend`.
+Backends are chosen by a spec string: `llama:MODEL` (an embedded local model, `llm/llama.py`),
+`openai:MODEL` (any OpenAI-compatible server), `replay:FILE`, and `offline` (the symbolic oracle for
+control-flow tests, `llm/offline.py`: not a language model). Lazy backends register themselves with
+`register_llm_backend` when first asked for.
 
 A backend subclasses `LLMClient` and implements `_complete` (same arguments as `complete`);
 `complete` validates the request, times it and records usage in the client's `UsageMeter`.
@@ -44,6 +46,8 @@ class LLMResponse:
     finish_reasons: list = field(default_factory=list)
     latency_s: float = 0.0
     requests: int = 0               # HTTP attempts spent on this response (retries included)
+    constrained: str = ""           # the constraint kind the backend applied ('' when decoding was free)
+    prompt_tokens_sent: int = 0     # prompt tokens over every request sent (n separate requests count n times)
 
     @property
     def text(self) -> str:
@@ -103,10 +107,13 @@ class UsageMeter:
         self.samples = 0
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.prompt_tokens_sent = 0
+        self.constrained_calls = 0
         self.cached_calls = 0
         self.estimated_calls = 0
         self.truncated_calls = 0
         self.requests = 0
+        self.failed_calls = 0         # calls that raised LLMError (their attempts and tokens are counted too)
         self.latency_s = 0.0
         self.by_tag = defaultdict(lambda: {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0})
 
@@ -117,6 +124,8 @@ class UsageMeter:
             self.samples += len(resp.texts)
             self.prompt_tokens += resp.prompt_tokens
             self.completion_tokens += resp.completion_tokens
+            self.prompt_tokens_sent += resp.prompt_tokens_sent or resp.prompt_tokens
+            self.constrained_calls += int(bool(resp.constrained))
             self.cached_calls += int(resp.cached)
             self.estimated_calls += int(resp.usage_estimated)
             self.truncated_calls += int(resp.truncated)
@@ -126,6 +135,22 @@ class UsageMeter:
             t["calls"] += 1
             t["prompt_tokens"] += resp.prompt_tokens
             t["completion_tokens"] += resp.completion_tokens
+
+    def record_failure(self, tag: str = "", usage: Optional[dict] = None, latency_s: float = 0.0) -> None:
+        """Add one call that finally failed: its HTTP attempts and the tokens its answered requests spent
+        (usage: requests, prompt_tokens, prompt_tokens_sent, completion_tokens; missing keys count 0)."""
+        u = usage or {}
+        with self._lock:
+            self.failed_calls += 1
+            self.requests += int(u.get("requests", 0))
+            self.prompt_tokens += int(u.get("prompt_tokens", 0))
+            self.completion_tokens += int(u.get("completion_tokens", 0))
+            self.prompt_tokens_sent += int(u.get("prompt_tokens_sent", u.get("prompt_tokens", 0)))
+            self.latency_s += float(latency_s)
+            t = self.by_tag[tag or "untagged"]
+            t["failed_calls"] = t.get("failed_calls", 0) + 1
+            t["prompt_tokens"] += int(u.get("prompt_tokens", 0))
+            t["completion_tokens"] += int(u.get("completion_tokens", 0))
 
     @property
     def total_tokens(self) -> int:
@@ -137,8 +162,10 @@ class UsageMeter:
         with self._lock:
             return {"calls": self.calls, "samples": self.samples, "prompt_tokens": self.prompt_tokens,
                     "completion_tokens": self.completion_tokens, "total_tokens": self.total_tokens,
+                    "prompt_tokens_sent": self.prompt_tokens_sent, "constrained_calls": self.constrained_calls,
                     "cached_calls": self.cached_calls, "estimated_calls": self.estimated_calls,
                     "truncated_calls": self.truncated_calls, "requests": self.requests,
+                    "failed_calls": self.failed_calls,
                     "latency_s": round(self.latency_s, 4),
                     "by_tag": {k: dict(v) for k, v in self.by_tag.items()}}
 
@@ -149,28 +176,50 @@ class UsageMeter:
 
 
 class LLMClient:
-    """Base class of every backend: `complete(messages, n, ...) -> LLMResponse` with usage metering."""
+    """Base class of every backend: `complete(messages, n, ...) -> LLMResponse` with usage metering.
+
+    `constraint_kinds` lists the `Constraint` kinds the backend can enforce; a constraint of another
+    kind is dropped (decoding is then free, and `LLMResponse.constrained` says so).
+    """
 
     model: str = ""
+    constraint_kinds: frozenset = frozenset()
 
     def __init__(self, model: str = "", meter: Optional[UsageMeter] = None):
         self.model = model
         self.meter = meter if meter is not None else UsageMeter()
 
     def complete(self, messages: list, n: int = 1, temperature: float = 0.0, top_p: float = 1.0,
-                 max_tokens: Optional[int] = None, stop=None, tag: str = "") -> LLMResponse:
-        """Ask for n completions of a chat; returns texts and token usage, raising LLMError on failure."""
+                 max_tokens: Optional[int] = None, stop=None, tag: str = "", constraint=None) -> LLMResponse:
+        """Ask for n completions of a chat; returns texts and token usage, raising LLMError on failure.
+
+        constraint: a `planning.llm.constraints.Constraint` the reply must follow, where the backend can.
+        """
         _check_request(messages, n, temperature, top_p, max_tokens)
         t0 = time.monotonic()
-        resp = self._complete(list(messages), n=int(n), temperature=float(temperature), top_p=float(top_p),
-                              max_tokens=max_tokens, stop=stop, tag=tag)
+        kw = {}
+        if constraint is not None and self.accepts(constraint):
+            kw["constraint"] = constraint
+        try:
+            resp = self._complete(list(messages), n=int(n), temperature=float(temperature), top_p=float(top_p),
+                                  max_tokens=max_tokens, stop=stop, tag=tag, **kw)
+        except LLMError as e:   # metered as failed: the attempts and tokens it spent (`e.usage`, set by the backend)
+            self.meter.record_failure(tag, getattr(e, "usage", None), time.monotonic() - t0)
+            raise
+        if not resp.prompt_tokens_sent:
+            resp.prompt_tokens_sent = resp.prompt_tokens
         if not resp.latency_s:
             resp.latency_s = time.monotonic() - t0
         self.meter.record(resp, tag)
         return resp
 
-    def _complete(self, messages, n, temperature, top_p, max_tokens, stop, tag) -> LLMResponse:
+    def _complete(self, messages, n, temperature, top_p, max_tokens, stop, tag, constraint=None) -> LLMResponse:
         raise NotImplementedError
+
+    def accepts(self, constraint) -> bool:
+        """Whether this backend can enforce the constraint (its kind, or a JSON schema it carries)."""
+        return constraint.kind in self.constraint_kinds or (
+            constraint.schema is not None and "json_schema" in self.constraint_kinds)
 
     def bind(self, world) -> "LLMClient":
         """Give the client the live world; only a client that answers from a world model (offline) uses it."""
@@ -203,7 +252,7 @@ def _check_request(messages, n, temperature, top_p, max_tokens) -> None:
 
 Factory = Callable[..., LLMClient]
 _BACKENDS: dict = {}
-_LAZY_MODULES = {"offline": "taskweave.planning.llm.offline"}
+_LAZY_MODULES = {"offline": "taskweave.planning.llm.offline", "llama": "taskweave.planning.llm.llama"}
 
 
 def register_llm_backend(name: str, factory: Factory) -> None:
@@ -239,7 +288,8 @@ def make_llm(spec: str, **kw) -> LLMClient:
 
 
 def _spec_help() -> str:
-    forms = {"offline": "offline", "openai": "openai:MODEL", "replay": "replay:FILE"}
+    forms = {"offline": "offline", "openai": "openai:MODEL", "replay": "replay:FILE",
+             "llama": "llama:smollm2-135m|gemma3-270m|PATH.gguf"}
     return ", ".join(forms.get(n, n) for n in llm_backends())
 
 

@@ -24,14 +24,18 @@ FORMAT_VERSION = 1
 
 
 def canonical_request(model: str, messages: list, n: int, temperature: float, top_p: float,
-                      max_tokens: Optional[int], stop) -> dict:
-    """The fields that identify a request, normalised so equal requests compare equal."""
+                      max_tokens: Optional[int], stop, constraint=None) -> dict:
+    """The fields that identify a request, normalised so equal requests compare equal (a constraint is part
+    of the key; requests without one keep the keys of files recorded before constraints existed)."""
     if isinstance(stop, str):
         stop = [stop]
-    return {"model": model or "", "messages": [dict(m) for m in messages], "n": int(n),
-            "temperature": round(float(temperature), 6), "top_p": round(float(top_p), 6),
-            "max_tokens": None if max_tokens is None else int(max_tokens),
-            "stop": list(stop) if stop else None}
+    req = {"model": model or "", "messages": [dict(m) for m in messages], "n": int(n),
+           "temperature": round(float(temperature), 6), "top_p": round(float(top_p), 6),
+           "max_tokens": None if max_tokens is None else int(max_tokens),
+           "stop": list(stop) if stop else None}
+    if constraint is not None:
+        req["constraint"] = constraint.key()
+    return req
 
 
 def request_key(request: dict) -> str:
@@ -42,6 +46,8 @@ def request_key(request: dict) -> str:
 
 class ReplayClient(LLMClient):
     """An LLM client that replays recorded answers from JSONL and records new ones from an inner client."""
+
+    constraint_kinds = frozenset({"grammar", "json_schema", "choice"})   # keyed, and passed on to the inner client
 
     def __init__(self, path, inner: Optional[LLMClient] = None, mode: str = "replay",
                  model: Optional[str] = None, meter=None):
@@ -89,14 +95,21 @@ class ReplayClient(LLMClient):
 
     def _lookup(self, request: dict) -> Optional[tuple]:
         models = [request["model"]] if request["model"] else (self._models or [""])
-        for m in models:
-            key = request_key({**request, "model": m})
-            if self._records.get(key):
-                return key, m
+        # a constrained request also matches a record of the same request answered without the constraint
+        # (recorded from a backend that decodes freely, which keyed it unconstrained)
+        forms = [request] + ([{k: v for k, v in request.items() if k != "constraint"}] if "constraint" in request
+                             else [])
+        for form in forms:
+            for m in models:
+                key = request_key({**form, "model": m})
+                if self._records.get(key):
+                    return key, m
         return None
 
-    def _complete(self, messages, n, temperature, top_p, max_tokens, stop, tag) -> LLMResponse:
-        req = canonical_request(self.model, messages, n, temperature, top_p, max_tokens, stop)
+    def _complete(self, messages, n, temperature, top_p, max_tokens, stop, tag, constraint=None) -> LLMResponse:
+        if constraint is not None and self.inner is not None and not self.inner.accepts(constraint):
+            constraint = None            # the inner backend decodes freely: key the record as unconstrained
+        req = canonical_request(self.model, messages, n, temperature, top_p, max_tokens, stop, constraint)
         if self.mode != "record":
             with self._lock:
                 found = self._lookup(req)
@@ -116,7 +129,7 @@ class ReplayClient(LLMClient):
                                f"tag {tag!r}); record it with mode='record' or 'auto'")
         self.misses += 1
         resp = self.inner.complete(messages, n=n, temperature=temperature, top_p=top_p,
-                                   max_tokens=max_tokens, stop=stop, tag=tag)
+                                   max_tokens=max_tokens, stop=stop, tag=tag, constraint=constraint)
         self._append(req, resp, tag)
         return resp
 

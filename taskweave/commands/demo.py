@@ -5,6 +5,8 @@ import argparse
 import os
 import sys
 
+from taskweave.commands.plan import DEFAULT_LLM, LLM_HELP, describe_llm
+from taskweave.planning.llm.constraints import CONSTRAIN_MODES
 from taskweave.sim.backend import BACKENDS
 from taskweave.sim.errors import UserError
 from taskweave.sim.fileio import atomic_write_json
@@ -22,11 +24,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="policy checkpoint (default: the shipped small policy)")
     p.add_argument("--scripted", action="store_true", help="use the scripted skills even if a policy is present")
     p.add_argument("--instruction", default=None, help="override the task's instruction")
+    p.add_argument("--llm", default=DEFAULT_LLM, help=f"{LLM_HELP} (default: {DEFAULT_LLM}, embedded, no network)")
+    p.add_argument("--constrain", default="grammar", choices=CONSTRAIN_MODES,
+                   help="constrain replies to the scene's skill grammar where the backend can (default grammar)")
     p.add_argument("--out", default="out/demo", help="folder for demo.mp4 and trace.json")
 
 
 def run(args) -> int:
-    """Plan with the offline LLM, execute with the learned policy (or scripted skills), save video + trace."""
+    """Plan with the LLM (a real local model by default), execute with the learned policy (or scripted skills),
+    save video + trace."""
     from taskweave.planning.episode import run_episode
     from taskweave.planning.executors import EnvSkillExecutor
     from taskweave.sim.video import write_video
@@ -48,10 +54,11 @@ def run(args) -> int:
             print(f"  {ev.get('call', '')}  {'ok' if ev.get('success') else ev.get('failure', '')}", flush=True)
 
     controller = f"learned policy ({ckpt})" if ckpt else "scripted skills"
-    print(f"taskweave demo: {args.task} on {args.backend}, planner {args.planner} with the offline LLM, "
-          f"controller: {controller}", flush=True)
-    rec = run_episode(args.task, planner=args.planner, llm_spec="offline", backend=args.backend, seed=args.seed,
-                      executor_factory=factory, instruction=args.instruction, trace=trace)
+    print(f"taskweave demo: {args.task} on {args.backend}, planner {args.planner}, llm {args.llm} "
+          f"({describe_llm(args.llm)}), controller: {controller}", flush=True)
+    rec = run_episode(args.task, planner=args.planner, llm_spec=args.llm, backend=args.backend, seed=args.seed,
+                      executor_factory=factory, instruction=args.instruction, trace=trace,
+                      planner_kwargs={"constrain": args.constrain})
     os.makedirs(args.out, exist_ok=True)
     video = write_video(os.path.join(args.out, "demo.mp4"), frames) if frames else None
     record = rec.to_dict()

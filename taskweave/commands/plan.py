@@ -7,18 +7,40 @@ import sys
 from typing import Optional
 
 from taskweave.planning.episode import EpisodeRecord, run_episode
+from taskweave.planning.llm.constraints import CONSTRAIN_MODES
 from taskweave.planning.registry import PLANNERS
 from taskweave.sim.errors import UserError
 from taskweave.sim.fileio import atomic_write_text
 
 HELP = "Run an LLM planner on a task: per-step trace, then a summary (or the episode record with --json)."
+DEFAULT_LLM = "llama:smollm2-135m"
+LLM_HELP = "llama:smollm2-135m|gemma3-270m|PATH.gguf | openai:MODEL | replay:FILE | offline (the symbolic oracle)"
+
+
+def describe_llm(spec: str) -> str:
+    """What an --llm spec is, in a few words (the offline backend says it is no language model)."""
+    kind = (spec or "").split(":", 1)[0]
+    return {"llama": "a local language model, embedded with llama.cpp",
+            "openai": "an OpenAI-compatible server",
+            "replay": "recorded answers replayed from a file",
+            "offline": "the symbolic oracle: NOT a language model, it answers from the task's true state "
+                       "(control-flow tests only)"}.get(kind, "unknown backend")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `taskweave plan`."""
     parser.add_argument("--task", required=True, help="task name (see `taskweave tasks`)")
     parser.add_argument("--planner", default="tree", choices=PLANNERS)
-    parser.add_argument("--llm", default="offline", help="offline[:RATES] | openai:MODEL | replay:FILE")
+    parser.add_argument("--llm", default=DEFAULT_LLM, help=f"{LLM_HELP} (default: {DEFAULT_LLM})")
+    parser.add_argument("--llm-base-url", default=None, metavar="URL",
+                        help="openai:MODEL: the server's base URL, e.g. http://127.0.0.1:8000/v1 "
+                             "(default: $TASKWEAVE_LLM_BASE_URL, $OPENAI_BASE_URL, else api.openai.com)")
+    parser.add_argument("--llm-timeout", type=float, default=None, metavar="SECONDS",
+                        help="openai:MODEL: base seconds per HTTP attempt, plus a share per requested token "
+                             "(n x max_tokens; default 30)")
+    parser.add_argument("--constrain", default="grammar", choices=CONSTRAIN_MODES,
+                        help="grammar: constrain every reply (plans, options, verdicts, JSON) where the backend can; "
+                             "none: free decoding")
     parser.add_argument("--executor", default="scripted", help="scripted | policy:CKPT")
     parser.add_argument("--perturb", default="", help="e.g. move:$goal0@1,knock@3,grasp_fail:1.0@0")
     parser.add_argument("--instruction", default=None, help="override the task's instruction")
@@ -30,11 +52,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--votes", type=int, default=None, help="tree: votes per decision (default 20); "
                                                                 "clea: critic votes (default 5)")
     parser.add_argument("--threshold", type=float, default=None, help="clea: critic threshold tau (default 0.5)")
+    parser.add_argument("--backtrack", default=None, choices=("physical", "restore"),
+                        help="tree: physical (default; no simulator undo, the next choice is grounded on the real "
+                             "state) or restore (privileged simulator undo, counted in the record)")
     parser.add_argument("--max-steps", type=int, default=None, help="skill budget (default 40)")
 
 
 def _planner_kwargs(args) -> dict:
-    kw = {}
+    kw = {"constrain": args.constrain}
     if args.max_steps is not None:
         kw["max_steps"] = args.max_steps
     if args.planner == "tree":
@@ -42,11 +67,27 @@ def _planner_kwargs(args) -> dict:
             kw["n_samples"] = args.samples
         if args.votes is not None:
             kw["n_votes"] = args.votes
+        if getattr(args, "backtrack", None) is not None:
+            kw["backtrack"] = args.backtrack
     if args.planner == "clea":
         if args.votes is not None:
             kw["critic_votes"] = args.votes
         if args.threshold is not None:
             kw["threshold"] = args.threshold
+    return kw
+
+
+def _llm_kwargs(args) -> dict:
+    """Client options from --llm-base-url / --llm-timeout (openai:MODEL specs only)."""
+    kw = {}
+    if getattr(args, "llm_base_url", None):
+        kw["base_url"] = args.llm_base_url
+    if getattr(args, "llm_timeout", None) is not None:
+        if not args.llm_timeout > 0:
+            raise UserError(f"--llm-timeout must be a positive number of seconds, got {args.llm_timeout:g}")
+        kw["timeout"] = args.llm_timeout
+    if kw and (args.llm or "").split(":", 1)[0] != "openai":
+        raise UserError("--llm-base-url and --llm-timeout apply to --llm openai:MODEL only")
     return kw
 
 
@@ -112,11 +153,12 @@ def run(args) -> int:
         if line is not None:
             print(line, file=out, flush=True)
 
-    print(f"[{args.planner}] {args.task} seed {args.seed} on {args.backend}, llm {args.llm}, executor {args.executor}"
+    print(f"[{args.planner}] {args.task} seed {args.seed} on {args.backend}, llm {args.llm} ({describe_llm(args.llm)}), "
+          f"executor {args.executor}"
           + (f", perturbations {args.perturb}" if args.perturb else ""), file=out)
     rec = run_episode(args.task, args.planner, llm_spec=args.llm, backend=args.backend, seed=args.seed,
                       perturb=args.perturb, executor_factory=factory, instruction=args.instruction, trace=trace,
-                      planner_kwargs=_planner_kwargs(args))
+                      planner_kwargs=_planner_kwargs(args), llm_kwargs=_llm_kwargs(args))
     if args.out:
         atomic_write_text(args.out, rec.to_json(indent=2))
     if args.json:

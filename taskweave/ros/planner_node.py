@@ -41,7 +41,7 @@ def run_planner(planner: str, llm: str, executor: RosSkillExecutor, trace=None):
     from taskweave.planning import make_planner
     from taskweave.planning.llm import make_llm
     kw = {}
-    if llm.split(":", 1)[0] == "offline" and executor.seed is not None:
+    if llm.split(":", 1)[0] in ("offline", "llama") and executor.seed is not None:
         kw["seed"] = int(executor.seed)   # as `taskweave plan` seeds it
     client = make_llm(llm, **kw)
     try:

@@ -19,7 +19,7 @@ import time
 import uuid
 from typing import Callable, Optional
 
-from taskweave.envs.skill_check import skill_succeeded
+from taskweave.envs.skill_check import precondition_failure, skill_succeeded
 from taskweave.envs.skill_loop import PostconditionRule
 from taskweave.envs.symbolic import state_to_text
 from taskweave.ros.common import Latest
@@ -94,8 +94,10 @@ class RosSkillExecutor:
         return symbolic_from_dict(self.latest())
 
     def observe(self) -> str:
-        """A text observation of the current scene for the LLM."""
-        return state_to_text(self.symbolic(), self._instruction)
+        """A text observation of the current scene for the LLM (with the task's rules and any broken)."""
+        t = self.task()
+        broken = [v.get("rule", "") for v in self.latest().get("violations") or [] if isinstance(v, dict)]
+        return state_to_text(self.symbolic(), self._instruction, t.rules if t is not None else (), broken)
 
     def snapshot(self):
         """A marker of the current observation (a physical scene cannot be copied)."""
@@ -161,6 +163,10 @@ class RosSkillExecutor:
         if unknown:
             return SkillResult(False, "invalid_args", f"{call}: unknown object or zone {unknown[0]!r}",
                                info={"call": str(call)})
+        refused = precondition_failure(call, self.symbolic()) if self.kind == "policy" else None
+        if refused is not None:   # the sim's skill loop refuses scripted requests itself
+            refused.info["call"] = str(call)
+            return refused
         result = self._scripted(call) if self.kind == "scripted" else self._policy(call)
         result.info.setdefault("call", str(call))
         return result

@@ -191,7 +191,7 @@ class SimNode(Node):
                 self._result(req, SkillResult(False, "busy", f"{self.skill.call} is still running"))
                 continue
             run = start_run(self.env, str(req.get("skill", "")), self.scripted)
-            if run.done:                   # an invalid call: counted by the loop, answered at once
+            if run.done:                   # an invalid or refused call: counted by the loop, answered at once
                 self._result(req, run.result, run)
                 continue
             self.skill, self.skill_req = run, req
@@ -251,10 +251,12 @@ class SimNode(Node):
             pa.poses.append(pose)
         self.pubs["/taskweave/object_poses"].publish(pa)
         st = env.symbolic_state()
+        env.check_rules(st)   # the task's rules, also while the policy (not a SkillRun) drives the arm
         d = {"stamp": time.time(), "seq": int(env.steps), "task": env.task.name, "seed": env.seed_value,
              "backend": env.backend_name, "instruction": env.instruction, **symbolic_to_dict(st),
-             "text": state_to_text(st, env.instruction), "progress": env.task.progress(st),
-             "success": bool(env.task.success(st)),
+             "text": state_to_text(st, env.instruction, env.task.rules, [v["rule"] for v in env.violations]),
+             "progress": env.task.progress(st), "success": bool(env.task.success(st) and not env.violations),
+             "violations": list(env.violations),
              "robot": robot_features(b, env.controller.grip_closed),
              "ee_target": [*b.ee_target_pos, b.ee_target_yaw], "skill": self.current,
              "skill_features": [0.0] * SKILL_FEATURE_DIM, "skill_text": "",
