@@ -22,7 +22,9 @@ from concurrent.futures import ProcessPoolExecutor
 
 from taskweave.sim.fileio import atomic_write_json, atomic_write_text
 from taskweave.planning import PLANNERS
-from taskweave.planning.llm import estimate_tokens, messages_text
+from taskweave.envs.metrics import rate_cell
+from taskweave.planning.llm import LLMClient, estimate_tokens, make_llm, messages_text
+from taskweave.planning.llm.replay import ReplayClient
 from taskweave.planning.llm.offline import ErrorRates, OfflineLLM
 from taskweave.planning.episode import run_episode
 from taskweave.planning.prompts import load_example
@@ -55,6 +57,43 @@ CLEA_DEVIATIONS = (
 )
 
 
+class FirstPrompts(LLMClient):
+    """Any client, noting the rendered length of the first prompt of each tag (order, characters, tokens)."""
+
+    def __init__(self, inner: LLMClient):
+        super().__init__(inner.model)
+        self.inner, self.first = inner, {}
+        self.constraint_kinds = inner.constraint_kinds | (
+            frozenset({"grammar", "json_schema", "choice"}) if isinstance(inner, ReplayClient) else frozenset())
+
+    def _complete(self, messages, n, temperature, top_p, max_tokens, stop, tag, constraint=None):
+        if tag not in self.first:
+            text = messages_text(messages)
+            self.first[tag] = [len(self.first), len(text), estimate_tokens(text)]
+        return self.inner.complete(messages, n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                                   stop=stop, tag=tag, constraint=constraint)
+
+    def bind(self, world):
+        """Pass the world on (the offline oracle answers from it)."""
+        self.inner.bind(world)
+        return self
+
+    def close(self) -> None:
+        """Close the wrapped client."""
+        self.inner.close()
+
+
+def make_job_llm(job: dict) -> FirstPrompts:
+    """The LLM of one episode: the offline oracle with its error rates, or a real backend (recorded when asked)."""
+    if job["llm"] == "offline":
+        return PromptMeter(seed=job["seed"], errors=ErrorRates.parse(job["errors"]))
+    kw = {"seed": job["seed"]} if job["llm"].startswith("llama:") else {}
+    inner = make_llm(job["llm"], **kw)
+    if job.get("record"):   # one record file per worker process, merged by the parent at the end
+        inner = ReplayClient(f"{job['record']}.part{os.getpid()}", inner=inner, mode="auto")
+    return FirstPrompts(inner)
+
+
 class PromptMeter(OfflineLLM):
     """The offline LLM, noting the rendered length of the first prompt of each tag (order, characters, tokens)."""
 
@@ -73,10 +112,11 @@ def episode_job(job: dict) -> dict:
     """Run one episode and return its summary row (for a worker process)."""
     kw = {"tree": {"n_samples": job["samples"], "n_votes": job["votes"], "backtrack": job["backtrack"]},
           "clea": {"critic_votes": job["critic_votes"]}}
-    llm = PromptMeter(seed=job["seed"], errors=ErrorRates.parse(job["errors"]))   # = make_llm("offline", seed=...)
+    llm = make_job_llm(job)
     try:
         rec = run_episode(job["task"], job["planner"], backend=job["backend"], seed=job["seed"], llm=llm,
-                          perturb=job["perturb"], planner_kwargs=kw.get(job["planner"], {}))
+                          perturb=job["perturb"], planner_kwargs={**kw.get(job["planner"], {}),
+                                                                  "constrain": job["constrain"]})
     finally:
         llm.close()
     return {"task": job["task"], "planner": job["planner"], "condition": job["condition"], "seed": job["seed"],
@@ -87,7 +127,23 @@ def episode_job(job: dict) -> dict:
             "total_tokens": rec.total_tokens, "malformed": rec.extra.get("malformed_replies", 0),
             "skills": len(rec.steps), "wall_time": rec.wall_time, "error": rec.error,
             "restores": rec.extra.get("restores", 0), "privileged": bool(rec.extra.get("privileged", False)),
-            "first_prompts": llm.first, "events": rec.extra.get("events", [])}
+            "first_prompts": llm.first, "events": rec.extra.get("events", []), "llm": rec.llm,
+            "prompt_tokens_sent": rec.prompt_tokens_sent}
+
+
+def merge_records(path: str) -> None:
+    """Join the workers' record files into one replay file (kept lines first, then new ones), atomically."""
+    import glob
+    parts = sorted(glob.glob(glob.escape(path) + ".part*"))
+    if not parts:
+        return
+    lines = []
+    for f in ([path] if os.path.isfile(path) else []) + parts:
+        with open(f, encoding="utf-8") as fh:
+            lines += [ln if ln.endswith("\n") else ln + "\n" for ln in fh if ln.strip()]
+    atomic_write_text(path, "".join(dict.fromkeys(lines)))
+    for f in parts:
+        os.unlink(f)
 
 
 def prompt_lengths(rows: list) -> dict:
@@ -117,21 +173,27 @@ def _rel(new: float, base: float) -> str:
     return f"{100.0 * (new - base) / base:+.1f}%" if base else "n/a"
 
 
-def headline(agg: dict) -> list:
-    """The comparisons the papers report: Tree vs Iterative (tokens, corrections), CLEA vs open loop (success)."""
+def headline(agg: dict, real: bool = True) -> list:
+    """The comparisons the papers report: Tree vs Iterative (tokens, corrections), CLEA vs open loop (success).
+
+    The papers' figures are set beside ours only for a real language model: against the offline oracle the
+    numbers test control flow, not a replication."""
     out = []
+
+    def paper(text: str) -> str:
+        return f"; paper: {text}" if real else ""
     for cond in ("static", "perturbed"):
         t, i = agg.get(("tree", cond)), agg.get(("iterative", cond))
         if t and i:
             out.append(f"- {cond}: Tree-Planner vs Iterative — tokens {t['total_tokens']:.0f} vs {i['total_tokens']:.0f} "
-                       f"per episode ({_rel(t['total_tokens'], i['total_tokens'])}; paper: -92.2% vs the best earlier "
-                       f"method), corrections {t['corrections']:.2f} vs {i['corrections']:.2f} "
-                       f"({_rel(t['corrections'], i['corrections'])}; paper: -40.5%), success "
+                       f"per episode ({_rel(t['total_tokens'], i['total_tokens'])}{paper('-92.2% vs the best earlier method')}), "
+                       f"corrections {t['corrections']:.2f} vs {i['corrections']:.2f} "
+                       f"({_rel(t['corrections'], i['corrections'])}{paper('-40.5%')}), success "
                        f"{100 * t['success']:.0f}% vs {100 * i['success']:.0f}%.")
     c, o = agg.get(("clea", "perturbed")), agg.get(("openloop", "perturbed"))
     if c and o:
         out.append(f"- perturbed: CLEA vs open loop — success {100 * c['success']:.1f}% vs {100 * o['success']:.1f}% "
-                   f"({100 * (c['success'] - o['success']):+.1f} points; paper: +67.3%), goal-condition recall "
+                   f"({100 * (c['success'] - o['success']):+.1f} points{paper('+67.3%')}), goal-condition recall "
                    f"{c['goal_condition_recall']:.2f} vs {o['goal_condition_recall']:.2f}.")
     return out
 
@@ -143,19 +205,31 @@ def write_markdown(path: str, rows: list, args, command: str, elapsed: float, pl
     conds = [c for c in ("static", "perturbed") if c in args.conditions]
     planners = [p for p in PLANNERS if p in args.planners]
     tasks = list(dict.fromkeys(r["task"] for r in rows))
-    head = headline(agg)
+    real = args.llm != "offline"
+    head = headline(agg, real)
     lengths, example = prompt_lengths(rows), load_example("plan")
-    lines = ["# Planner comparison (offline symbolic LLM)", "",
+    model = rows[0].get("llm", args.llm) if rows else args.llm
+    about_llm = (f"The LLM is `{args.llm}` (`{model}`), a real language model run locally, replies constrained "
+                 f"(`--constrain {args.constrain}`) to the scene's skill grammar, option letters, YES/NO verdicts "
+                 "and CLEA's JSON. Tokens are the model's own counts (a request's prompt counted once; "
+                 "`prompt_tokens_sent` in the episode rows counts it per sampling pass)."
+                 + (f" Every exchange is recorded in `{os.path.basename(args.record)}`: `--llm replay:"
+                    f"{args.record}` regenerates this table without the model." if args.record else ""))
+    about_oracle = ("The LLM is `offline-symbolic-oracle` (`planning/llm/offline.py`): **not a language model** but "
+                    "the task's symbolic model (the oracle plan of the current state) with seeded mistakes, the same "
+                    f"for every planner: `{json.dumps(ErrorRates.parse(args.errors).to_dict())}` (per plan line: "
+                    "wrong object, missing step, extra step, hallucinated object, swapped order; `judge`: a wrong "
+                    "deciding/critic vote). It ignores most of what a prompt says. Tokens are estimates (about 4 "
+                    "characters a token; a request's prompt counted once, its n completions summed). This is a "
+                    "**control-flow test** of the planners against a fixed error model, not a measure of planning "
+                    "with a language model, and not a replication of the papers' figures.")
+    title = (f"# Planner comparison on a real language model: {model}" if real else
+             "# Control-flow test of the planners (offline symbolic oracle, not a language model)")
+    lines = [title, "",
              f"Date: {dt.date.today().isoformat()} · backend: **{args.backend}** · seeds per task: {args.seeds} · "
              f"episodes: {len(rows)} · run time: {elapsed / 60:.1f} min on {args.workers} worker(s)", "",
              "Command:", "", "```", command, "```", "",
-             "The LLM is `offline-symbolic-oracle` (`planning/llm/offline.py`): **not a language model** but the "
-             "task's symbolic model (the oracle plan of the current state) with seeded mistakes, the same for "
-             f"every planner: `{json.dumps(ErrorRates.parse(args.errors).to_dict())}` (per plan line: wrong object, "
-             "missing step, extra step, hallucinated object, swapped order; `judge`: a wrong deciding/critic vote). "
-             "Tokens are estimates (about 4 characters a token; a request's prompt counted once, its n completions "
-             "summed). Numbers measure the planners' control flow against a fixed error model, not an LLM's "
-             "competence.", "",
+             about_llm if real else about_oracle, "",
              f"Planners: Tree-Planner N={args.samples} plans (T=0.8, top_p 0.95), {args.votes} votes (T=0.7), "
              f"correction budget 10, backtracking **{args.backtrack}**"
              + (" (privileged: simulator restores, counted in the `restores` column)" if args.backtrack == "restore"
@@ -167,14 +241,15 @@ def write_markdown(path: str, rows: list, args, command: str, elapsed: float, pl
              "same feedback line per skill (`outcome_line`); none reads the env's event log or true poses (CLEA "
              "notices a perturbation only when the observation text shows it). Tree-Planner, Iterative and open "
              "loop share one few-shot example file (`planning/prompts/examples/plan.txt`).", "",
-             "## Overall (mean per episode)", "",
+             "## Overall (mean per episode; success with its 95% Wilson interval)", "",
              "| condition | planner | success | GCR | executability | corrections | failures | LLM calls | tokens "
              "| malformed | restores | wall s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for cond in conds:
         for p in planners:
             a = agg.get((p, cond))
             if a:
-                lines.append(f"| {cond} | {NAMES[p]} | {100 * a['success']:.1f}% | {a['goal_condition_recall']:.2f} | "
+                k = round(a["success"] * a["n"])
+                lines.append(f"| {cond} | {NAMES[p]} | {rate_cell(k, a['n'])} | {a['goal_condition_recall']:.2f} | "
                              f"{a['executability']:.2f} | {a['corrections']:.2f} | {a['failures']:.2f} | "
                              f"{a['llm_calls']:.1f} | {a['total_tokens']:.0f} | {a['malformed']:.2f} | "
                              f"{a['restores']:.2f} | {a['wall_time']:.2f} |")
@@ -267,8 +342,20 @@ def main(argv=None) -> int:
     p.add_argument("--backtrack", default="physical", choices=("physical", "restore"),
                    help="Tree-Planner backtracking: physical (no simulator undo) or restore (privileged, counted)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
-    p.add_argument("--out", default="docs/results/planning.md")
+    p.add_argument("--llm", default="offline", help="offline (the symbolic oracle: a control-flow test) | "
+                   "llama:MODEL | openai:MODEL | replay:FILE")
+    p.add_argument("--constrain", default="grammar", choices=("grammar", "none"))
+    p.add_argument("--record", default=None, help="record every exchange to this JSONL replay file (default for a "
+                   "real model: beside --out, planning_<model>.jsonl)")
+    p.add_argument("--out", default=None, help="default docs/results/planning.md (offline) or "
+                   "docs/results/planning_<model>.md")
     args = p.parse_args(argv)
+    slug = args.llm.split(":", 1)[-1].replace("/", "_").replace(".gguf", "") if args.llm != "offline" else ""
+    if args.llm.startswith("replay:"):
+        slug = os.path.splitext(os.path.basename(slug))[0].replace("planning_", "")
+    args.out = args.out or (f"docs/results/planning_{slug}.md" if slug else "docs/results/planning.md")
+    if args.record is None and args.llm.split(":", 1)[0] in ("llama", "openai"):
+        args.record = os.path.splitext(args.out)[0] + ".jsonl"
     from taskweave.envs import TASKS
     tasks = list(TASKS) if args.tasks == "all" else (list(DEFAULT_TASKS) if args.tasks == "default"
                                                       else [t.strip() for t in args.tasks.split(",") if t.strip()])
@@ -278,7 +365,7 @@ def main(argv=None) -> int:
     jobs = [{"task": t, "planner": pl, "condition": c, "seed": s, "backend": args.backend, "errors": args.errors,
              "perturb": PERTURBATIONS.get(t, "grasp_fail:1.0@0") if c == "perturbed" else "",
              "samples": args.samples, "votes": args.votes, "critic_votes": args.critic_votes,
-             "backtrack": args.backtrack}
+             "backtrack": args.backtrack, "llm": args.llm, "constrain": args.constrain, "record": args.record}
             for t in tasks for c in args.conditions for s in range(args.seeds) for pl in args.planners]
     print(f"{len(jobs)} episodes: {len(tasks)} tasks x {len(args.conditions)} conditions x {args.seeds} seeds x "
           f"{len(args.planners)} planners on {args.backend}, {args.workers} worker(s)", flush=True)
@@ -289,6 +376,8 @@ def main(argv=None) -> int:
             if i % 20 == 0 or i == len(jobs):
                 print(f"  {i}/{len(jobs)} done ({time.monotonic() - t0:.0f} s)", flush=True)
     elapsed = time.monotonic() - t0
+    if args.record:
+        merge_records(args.record)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     stem = os.path.splitext(args.out)[0]
     atomic_write_json(stem + "_episodes.json", rows, indent=1)

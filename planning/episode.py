@@ -83,8 +83,9 @@ class EpisodeRecord:
     failures: int = 0
     corrections: int = 0
     llm_calls: int = 0
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0          # each request's prompt counted once (as the Tree-Planner paper counts)
     completion_tokens: int = 0
+    prompt_tokens_sent: int = 0     # prompts over every request actually sent (n separate passes count n times)
     wall_time: float = 0.0
     progress: float = 0.0
     goal_condition_recall: float = 0.0
@@ -109,6 +110,7 @@ class EpisodeRecord:
         """Add LLM usage counters (a `UsageMeter.since(...)` or `to_dict()` result)."""
         self.llm_calls += int(usage.get("calls", 0))
         self.prompt_tokens += int(usage.get("prompt_tokens", 0))
+        self.prompt_tokens_sent += int(usage.get("prompt_tokens_sent", usage.get("prompt_tokens", 0)))
         self.completion_tokens += int(usage.get("completion_tokens", 0))
 
     @property
