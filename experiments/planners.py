@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import os
 import shlex
+import shutil
 import sys
 import time
 from collections import defaultdict
@@ -90,7 +91,10 @@ def make_job_llm(job: dict) -> FirstPrompts:
     kw = {"seed": job["seed"]} if job["llm"].startswith("llama:") else {}
     inner = make_llm(job["llm"], **kw)
     if job.get("record"):   # one record file per worker process, merged by the parent at the end
-        inner = ReplayClient(f"{job['record']}.part{os.getpid()}", inner=inner, mode="auto")
+        part = f"{job['record']}.part{os.getpid()}"
+        if os.path.isfile(job["record"]) and not os.path.exists(part):
+            shutil.copyfile(job["record"], part)   # answers recorded by an earlier run are replayed, not re-asked
+        inner = ReplayClient(part, inner=inner, mode="auto")
     return FirstPrompts(inner)
 
 
@@ -367,6 +371,8 @@ def main(argv=None) -> int:
              "samples": args.samples, "votes": args.votes, "critic_votes": args.critic_votes,
              "backtrack": args.backtrack, "llm": args.llm, "constrain": args.constrain, "record": args.record}
             for t in tasks for c in args.conditions for s in range(args.seeds) for pl in args.planners]
+    if args.record:
+        merge_records(args.record)   # parts left by an interrupted run join the record first
     print(f"{len(jobs)} episodes: {len(tasks)} tasks x {len(args.conditions)} conditions x {args.seeds} seeds x "
           f"{len(args.planners)} planners on {args.backend}, {args.workers} worker(s)", flush=True)
     t0, rows = time.monotonic(), []
