@@ -115,10 +115,9 @@ class LlamaClient(LLMClient):
 
     def close(self) -> None:
         """Free the model."""
-        llm = getattr(self, "llm", None)
-        if llm is not None:
-            llm.close() if hasattr(llm, "close") else None
-            self.llm = None
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None and hasattr(llm, "close"):
+            llm.close()
 
 
 def _llama_factory(arg: str, **kw) -> LlamaClient:
