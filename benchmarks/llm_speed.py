@@ -15,9 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sim_speed import cpu_name  # noqa: E402  (one CPU-name reader for every benchmark)
 
 from taskweave.envs import make_env
 from taskweave.planning.executors import EnvSkillExecutor
@@ -26,18 +28,6 @@ from taskweave.planning.llm import make_llm
 from taskweave.planning.llm.constraints import option_constraint, plan_constraint
 from taskweave.planning.llm.models import KNOWN_MODELS
 from taskweave.planning.prompts import build_messages, load_example
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (or the platform's processor string)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def scene_prompts(seed: int = 20_000_000):

@@ -27,6 +27,7 @@ from taskweave.generation.library import NAME_RE, TaskLibrary, builtin_records, 
 from taskweave.generation.stats import STAGES, GenerationStats
 from taskweave.generation.validate import BACKENDS, ValidationReport, validate_source
 from taskweave.sim.errors import UserError
+from taskweave.planning.llm.constraints import Constraint
 from taskweave.sim.fileio import atomic_write_json, atomic_write_text
 
 TEMPERATURES = {"propose": 0.8, "reference": 0.0, "implement": 0.0, "repair": 0.0, "reflect": 0.4}
@@ -95,9 +96,13 @@ class GenerationPipeline:
         return ""
 
     # ---- LLM calls ----------------------------------------------------------------------------------
-    def _ask(self, stage: str, user: str, cand: Optional[Candidate] = None, n: int = 1) -> list:
+    def _ask(self, stage: str, user: str, cand: Optional[Candidate] = None, n: int = 1, schema=None) -> list:
+        """One LLM call of a stage; schema: the JSON schema its reply must follow (where the backend can enforce it;
+        code stages are free text, checked by validation and run only in the sandbox)."""
         msgs = gp.messages(user)
-        resp = self.llm.complete(msgs, n=n, temperature=self.temps[stage], tag=f"generate.{stage}")
+        constraint = Constraint("json_schema", stage, schema=schema) if schema is not None else None
+        resp = self.llm.complete(msgs, n=n, temperature=self.temps[stage], tag=f"generate.{stage}",
+                                 constraint=constraint)
         self.stats.usage(stage, resp)
         texts = [str(t) for t in getattr(resp, "texts", [])]
         if cand is not None:
@@ -119,7 +124,16 @@ class GenerationPipeline:
                     + gp.as_json([{"name": p} for p in self.proposed_names]) + "\n```\n") if self.proposed_names else ""
             user = gp.PROPOSE_EXPLORE.substitute(api=gp.API, library=gp.as_json(self.library_records()),
                                                  bad_section=bad, previous_section=prev)
-        texts = self._ask("propose", user)
+        one = {"type": "object", "required": ["name", "description", "assets", "goal_sketch", "parents"],
+               "additionalProperties": False,
+               "properties": {"name": {"type": "string", "pattern": "^[A-Z][A-Za-z0-9]{2,40}$"},
+                              "description": {"type": "string", "minLength": 8, "maxLength": 300},
+                              "assets": {"type": "array", "items": {"type": "string", "maxLength": 30}, "maxItems": 8},
+                              "goal_sketch": {"type": "string", "maxLength": 300},
+                              "parents": {"type": "array", "items": {"type": "string", "maxLength": 40},
+                                          "maxItems": 4}}}
+        schema = one if self.mode != "target" else {"type": "array", "items": one, "minItems": 1, "maxItems": n}
+        texts = self._ask("propose", user, schema=schema)
         self._propose_prompt_hash = gp.text_hash(user)
         try:
             got = gp.extract_json(texts[0] if texts else "")
@@ -134,7 +148,8 @@ class GenerationPipeline:
         recs = self.library.records()
         listing = "\n".join(f"- {r['name']}: {r['description']}" for r in recs)
         user = gp.REFERENCE.substitute(proposal=gp.as_json(cand.proposal), listing=listing, k=k)
-        texts = self._ask("reference", user, cand)
+        texts = self._ask("reference", user, cand, schema={
+            "type": "array", "maxItems": k, "items": {"type": "string", "enum": [r["name"] for r in recs] or [""]}})
         try:
             names = gp.extract_json(texts[0] if texts else "")
         except ValueError:
@@ -162,7 +177,10 @@ class GenerationPipeline:
         shown = {k: record[k] for k in ("name", "description", "instruction", "signature", "assets")}
         user = gp.REFLECT.substitute(library=gp.as_json(others), candidate=gp.as_json(shown))
         votes = []
-        for t in self._ask("reflect", user, cand, n=self.reflect_votes):
+        schema = {"type": "object", "required": ["new", "useful", "reason"], "additionalProperties": False,
+                  "properties": {"new": {"type": "boolean"}, "useful": {"type": "boolean"},
+                                 "reason": {"type": "string", "maxLength": 300}}}
+        for t in self._ask("reflect", user, cand, n=self.reflect_votes, schema=schema):
             try:
                 v = gp.extract_json(t)
             except ValueError:

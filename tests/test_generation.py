@@ -102,10 +102,13 @@ class ScriptedLLM:
     def __init__(self, **replies):
         self.replies = {k: list(v) for k, v in replies.items()}
         self.prompts = []
+        self.constraints = {}
 
-    def complete(self, messages, n=1, temperature=0.0, top_p=1.0, max_tokens=None, stop=None, tag=""):
+    def complete(self, messages, n=1, temperature=0.0, top_p=1.0, max_tokens=None, stop=None, tag="",
+                 constraint=None):
         stage = gp.stage_of(messages)
         self.prompts.append((stage, messages[-1]["content"]))
+        self.constraints[stage] = constraint
         queue = self.replies[stage]
         text = queue.pop(0) if len(queue) > 1 else queue[0]
         return SimpleNamespace(texts=[text] * n, prompt_tokens=10, completion_tokens=5)
@@ -131,6 +134,12 @@ def test_repair_loop_feeds_the_error_back(tmp_path):
     assert summary["stats"]["repaired"] == 1 and summary["accepted_tasks"] == ["Gen_StackInZone"]
     implement = next(p for s, p in llm.prompts if s == "implement")
     assert "class PlaceInZone(Task)" in implement            # the reference stage's pick, as code
+    # JSON stages ask for constrained output; code stages are free text (validated, run only in the sandbox)
+    assert llm.constraints["propose"].kind == "json_schema" and "goal_sketch" in llm.constraints["propose"].schema[
+        "properties"]
+    assert "PlaceInZone" in llm.constraints["reference"].schema["items"]["enum"]
+    assert llm.constraints["reflect"].schema["required"] == ["new", "useful", "reason"]
+    assert llm.constraints["implement"] is None and llm.constraints["repair"] is None
 
 
 def test_duplicate_candidate_is_rejected_after_validation(tmp_path):
