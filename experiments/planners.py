@@ -132,7 +132,7 @@ def episode_job(job: dict) -> dict:
             "skills": len(rec.steps), "wall_time": rec.wall_time, "error": rec.error,
             "restores": rec.extra.get("restores", 0), "privileged": bool(rec.extra.get("privileged", False)),
             "first_prompts": llm.first, "events": rec.extra.get("events", []), "llm": rec.llm,
-            "prompt_tokens_sent": rec.prompt_tokens_sent}
+            "prompt_tokens_sent": rec.prompt_tokens_sent, "cached_calls": llm.meter.cached_calls}
 
 
 def merge_records(path: str) -> None:
@@ -234,6 +234,14 @@ def write_markdown(path: str, rows: list, args, command: str, elapsed: float, pl
              f"episodes: {len(rows)} · run time: {elapsed / 60:.1f} min on {args.workers} worker(s)", "",
              "Command:", "", "```", command, "```", "",
              about_llm if real else about_oracle, "",
+             *([f"Replayed: {sum(r.get('cached_calls', 0) for r in rows)} of {sum(r['llm_calls'] for r in rows)} LLM "
+                "calls were answered from the record file, not the model: wall times (and the run time) of those "
+                "episodes do not include generation.", ""] if any(r.get("cached_calls") for r in rows) else []),
+             *([f"Scope: planners run: {', '.join(NAMES[p] for p in planners)}"
+                + (f"; not run: {', '.join(NAMES[p] for p in PLANNERS if p not in planners)}"
+                   if len(planners) < len(PLANNERS) else "")
+                + f"; {args.seeds} seed(s) per task; Tree-Planner N={args.samples}, k={args.votes}.", ""]
+               if real else []),
              f"Planners: Tree-Planner N={args.samples} plans (T=0.8, top_p 0.95), {args.votes} votes (T=0.7), "
              f"correction budget 10, backtracking **{args.backtrack}**"
              + (" (privileged: simulator restores, counted in the `restores` column)" if args.backtrack == "restore"
