@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 
 def atomic_write(path: str, write: Callable, binary: bool = False, mode: int = 0o644) -> str:
@@ -51,4 +52,18 @@ def atomic_target(path: str) -> str:
     return tmp
 
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_target"]
+@contextmanager
+def atomic_path(path: str, mode: int = 0o644) -> Iterator[str]:
+    """A temp path beside path for writers that need a file name (video encoders, file joins): it is moved
+    onto path when the block ends without an error, and removed otherwise."""
+    tmp = atomic_target(path)
+    try:
+        yield tmp
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_target", "atomic_path"]

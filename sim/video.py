@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from taskweave.sim.fileio import atomic_target
+from taskweave.sim.fileio import atomic_path
 
 
 def write_video(path: str, frames: list, fps: int = 10) -> str:
@@ -16,17 +16,11 @@ def write_video(path: str, frames: list, fps: int = 10) -> str:
         raise ValueError(f"no frames to write to {path}")
     path = os.path.abspath(path)
     ext = os.path.splitext(path)[1] or ".mp4"
-    tmp = atomic_target(path if os.path.splitext(path)[1] else path + ext)
-    try:
-        kw = {"fps": fps}
-        if ext == ".mp4":
-            kw.update(codec="libx264", macro_block_size=1, quality=7)
+    kw = {"fps": fps}
+    if ext == ".mp4":
+        kw.update(codec="libx264", macro_block_size=1, quality=7)
+    with atomic_path(path if os.path.splitext(path)[1] else path + ext) as tmp:
         with imageio.get_writer(tmp, **kw) as w:
             for f in frames:
                 w.append_data(np.asarray(f, dtype=np.uint8))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

