@@ -87,7 +87,7 @@ class FirstPrompts(LLMClient):
 def make_job_llm(job: dict) -> FirstPrompts:
     """The LLM of one episode: the offline oracle with its error rates, or a real backend (recorded when asked)."""
     if job["llm"] == "offline":
-        return PromptMeter(seed=job["seed"], errors=ErrorRates.parse(job["errors"]))
+        return FirstPrompts(OfflineLLM(seed=job["seed"], errors=ErrorRates.parse(job["errors"])))
     kw = {"seed": job["seed"]} if job["llm"].startswith("llama:") else {}
     inner = make_llm(job["llm"], **kw)
     if job.get("record"):   # one record file per worker process, merged by the parent at the end
@@ -96,20 +96,6 @@ def make_job_llm(job: dict) -> FirstPrompts:
             shutil.copyfile(job["record"], part)   # answers recorded by an earlier run are replayed, not re-asked
         inner = ReplayClient(part, inner=inner, mode="auto")
     return FirstPrompts(inner)
-
-
-class PromptMeter(OfflineLLM):
-    """The offline LLM, noting the rendered length of the first prompt of each tag (order, characters, tokens)."""
-
-    def __init__(self, **kw):
-        super().__init__(**kw)
-        self.first = {}
-
-    def _complete(self, messages, n, temperature, top_p, max_tokens, stop, tag, **kw):
-        if tag not in self.first:
-            text = messages_text(messages)
-            self.first[tag] = [len(self.first), len(text), estimate_tokens(text)]
-        return super()._complete(messages, n, temperature, top_p, max_tokens, stop, tag, **kw)
 
 
 def episode_job(job: dict) -> dict:
