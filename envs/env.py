@@ -7,9 +7,10 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from taskweave.envs.observation import (MAX_OBJECTS, ROBOT_DIM, policy_state, robot_features, skill_features,
+from taskweave.envs.observation import (MAX_OBJECTS, PROPRIO_DIM, ROBOT_CAMERAS, ROBOT_DIM, camera_key, policy_state,
+                                         robot_features, robot_observation, skill_features, skill_sentence,
                                          skill_text)
-from taskweave.envs.perturb import Perturbation, apply_perturbation, parse_perturbations
+from taskweave.envs.perturb import Perturbation, apply_perturbation, check_perturbations, parse_perturbations
 from taskweave.envs.registry import get_task
 from taskweave.envs.skill_check import precondition_failure, skill_succeeded
 from taskweave.envs.symbolic import extract_state, state_to_text
@@ -18,9 +19,9 @@ from taskweave.sim.geometry import quat_yaw
 from taskweave.sim.backend import BACKENDS, UnknownBackendError
 from taskweave.sim.control import ACTION_DIM, EEDeltaController
 from taskweave.sim.skill_types import SKILLS, SkillArgumentError, SkillCall, SkillResult, SkillSyntaxError
-from taskweave.sim.skills import validate_call
+from taskweave.sim.skills import can_grasp, validate_call
 
-OBS_MODES = ("state", "rgb", "rgbd")
+OBS_MODES = ("state", "rgb", "rgbd", "robot")   # robot: cameras + proprioception only (no simulator ground truth)
 CONTROLS = ("ee_delta", "skill")
 SKILL_NAMES = tuple(SKILLS)
 MAX_ENTITIES = 16
@@ -37,7 +38,7 @@ class TaskEnv(gym.Env):
                  control: str = "ee_delta", control_hz: float = 10.0, image_size: int = 128,
                  camera: str = "front", render_size: int = 256, max_steps: Optional[int] = None,
                  max_skills: Optional[int] = None, perturbations=None, render_mode: Optional[str] = "rgb_array",
-                 skill_max_ticks: int = 400) -> None:
+                 skill_max_ticks: int = 400, cameras=ROBOT_CAMERAS) -> None:
         if backend not in BACKENDS:
             raise UnknownBackendError(f"unknown backend {backend!r} (choose one of: {', '.join(BACKENDS)})")
         if obs_mode not in OBS_MODES:
@@ -49,7 +50,7 @@ class TaskEnv(gym.Env):
         self.task = get_task(task)
         self.backend_name = backend
         self.backend = make_backend(backend)
-        self.obs_mode, self.control, self.camera = obs_mode, control, camera
+        self.obs_mode, self.control, self.camera, self.cameras = obs_mode, control, camera, tuple(cameras)
         self.image_size, self.render_size, self.render_mode = int(image_size), int(render_size), render_mode
         self.controller = EEDeltaController(self.backend, control_hz)
         self.skill_max_ticks = skill_max_ticks
@@ -71,10 +72,13 @@ class TaskEnv(gym.Env):
 
     # ---- spaces ------------------------------------------------------------------------
     def _make_obs_space(self) -> spaces.Dict:
+        s = self.image_size
+        if self.obs_mode == "robot":
+            d = {camera_key(c): spaces.Box(0, 255, (s, s, 3), dtype=np.uint8) for c in self.cameras}
+            return spaces.Dict({**d, "proprio": spaces.Box(-10.0, 10.0, (PROPRIO_DIM,), dtype=np.float32)})
         d = {"robot": spaces.Box(-10.0, 10.0, (ROBOT_DIM,), dtype=np.float32),
              "objects": spaces.Box(-10.0, 10.0, (MAX_OBJECTS, 8), dtype=np.float32),
              "object_mask": spaces.MultiBinary(MAX_OBJECTS)}
-        s = self.image_size
         if self.obs_mode in ("rgb", "rgbd"):
             d["rgb"] = spaces.Box(0, 255, (s, s, 3), dtype=np.uint8)
         if self.obs_mode == "rgbd":
@@ -105,6 +109,7 @@ class TaskEnv(gym.Env):
         self._oracle_len = len(self.task.oracle_plan(self.symbolic_state()))
         self.max_steps = self._max_steps_arg or max(60, 60 * self._oracle_len)
         self.max_skills = self._max_skills_arg or 2 * self._oracle_len + 4
+        check_perturbations(self.perturbations, self)   # a bad target or schedule is bad input, not a failure later
         self._last_progress = self.progress()
         return self._obs(), self._info()
 
@@ -262,6 +267,11 @@ class TaskEnv(gym.Env):
         return list(self.backend.spec.object_names)
 
     @property
+    def graspable_names(self) -> list:
+        """Objects the gripper can hold (`sim.skills.can_grasp`: not fixed, one side narrow enough)."""
+        return [o.name for o in self.backend.spec.objects if can_grasp(o)]
+
+    @property
     def zone_names(self) -> list:
         """Zones in the scene."""
         return [z.name for z in self.backend.spec.zones]
@@ -297,6 +307,10 @@ class TaskEnv(gym.Env):
         """The policy's language for a skill call (name and argument kinds)."""
         call = call if isinstance(call, SkillCall) else SkillCall.parse(str(call))
         return skill_text(call, self.symbolic_state())
+
+    def skill_sentence(self, call) -> str:
+        """The skill as a sentence with its object names ('place the red block in the green bowl')."""
+        return skill_sentence(call, self.symbolic_state())
 
     def policy_state(self, call) -> np.ndarray:
         """The policy's state vector for a skill (see taskweave.envs.observation.policy_state)."""
@@ -357,6 +371,8 @@ class TaskEnv(gym.Env):
         return {"robot": robot_features(b, self.controller.grip_closed), "objects": rows, "object_mask": mask}
 
     def _obs(self) -> dict:
+        if self.obs_mode == "robot":
+            return robot_observation(self.backend, self.cameras, self.image_size)
         obs = self._state_obs()
         if self.obs_mode != "state":
             f = self.backend.render(self.camera, self.image_size, self.image_size, depth=self.obs_mode == "rgbd")

@@ -63,6 +63,25 @@ def parse_perturbations(text: str) -> list:
     return out
 
 
+def check_perturbations(perturbations, env) -> None:
+    """Refuse (PerturbationError) a schedule that cannot happen in the env's episode, at reset: a target that
+    is not an object of the scene, a skill index past the episode's skill budget, or (under low-level
+    control) a tick past its step budget."""
+    names = list(env.backend.spec.object_names)
+    for p in perturbations:
+        what = f"perturbation {p.kind}{':' + p.target if p.target else ''}@{'t' if p.at_step is not None else ''}" \
+               f"{p.at_skill if p.at_skill is not None else p.at_step}"
+        if p.target and p.kind != "grasp_fail" and p.target not in names:
+            raise PerturbationError(f"{what}: no object {p.target!r} in the {env.task.name} scene "
+                                    f"(objects: {', '.join(names)})")
+        if p.at_skill is not None and p.at_skill >= env.max_skills:
+            raise PerturbationError(f"{what}: fires before skill {p.at_skill}, but an episode has at most "
+                                    f"{env.max_skills} skills (0..{env.max_skills - 1})")
+        if p.at_step is not None and env.control == "ee_delta" and p.at_step >= env.max_steps:
+            raise PerturbationError(f"{what}: fires at tick {p.at_step}, but an episode has at most "
+                                    f"{env.max_steps} control ticks")
+
+
 def apply_perturbation(p: Perturbation, env, rng: np.random.Generator) -> str:
     """Carry out one perturbation on a TaskEnv; returns a description of what happened."""
     st = env.symbolic_state()

@@ -11,11 +11,12 @@ import os
 import platform
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 
 from tqdm import tqdm
 
 from taskweave.sim.fileio import atomic_write_text
+from taskweave.sim.locks import worker_pool
 from taskweave.envs.metrics import rate_cell
 
 
@@ -45,7 +46,7 @@ def main(argv=None) -> int:
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     t0 = time.time()
     results = []
-    with ProcessPoolExecutor(max_workers=args.workers) as ex:
+    with worker_pool(args.workers) as ex:   # workers end with this script, kill -9 included
         futs = [ex.submit(_one, t, b, seeds) for b in backends for t in tasks]
         for f in tqdm(as_completed(futs), total=len(futs), desc="oracle", unit="task"):
             results.append(f.result())

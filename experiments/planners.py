@@ -19,9 +19,9 @@ import shutil
 import sys
 import time
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor
 
 from taskweave.sim.fileio import atomic_write_json, atomic_write_text
+from taskweave.sim.locks import worker_pool
 from taskweave.planning import PLANNERS
 from taskweave.envs.metrics import rate_cell
 from taskweave.planning.llm import LLMClient, estimate_tokens, make_llm, messages_text
@@ -74,6 +74,17 @@ class FirstPrompts(LLMClient):
         return self.inner.complete(messages, n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                                    stop=stop, tag=tag, constraint=constraint)
 
+    @property
+    def supports_scoring(self) -> bool:
+        """Whether the wrapped client scores options (Tree-Planner's --decide logprobs)."""
+        return self.inner.supports_scoring
+
+    def _score(self, messages, options, tag):
+        if tag not in self.first:
+            text = messages_text(messages)
+            self.first[tag] = [len(self.first), len(text), estimate_tokens(text)]
+        return self.inner.score_options(messages, options, tag=tag)
+
     def bind(self, world):
         """Pass the world on (the offline oracle answers from it)."""
         self.inner.bind(world)
@@ -100,7 +111,8 @@ def make_job_llm(job: dict) -> FirstPrompts:
 
 def episode_job(job: dict) -> dict:
     """Run one episode and return its summary row (for a worker process)."""
-    kw = {"tree": {"n_samples": job["samples"], "n_votes": job["votes"], "backtrack": job["backtrack"]},
+    kw = {"tree": {"n_samples": job["samples"], "n_votes": job["votes"], "backtrack": job["backtrack"],
+                   "decide": job.get("decide", "votes")},
           "clea": {"critic_votes": job["critic_votes"]}}
     llm = make_job_llm(job)
     try:
@@ -228,7 +240,11 @@ def write_markdown(path: str, rows: list, args, command: str, elapsed: float, pl
                    if len(planners) < len(PLANNERS) else "")
                 + f"; {args.seeds} seed(s) per task; Tree-Planner N={args.samples}, k={args.votes}.", ""]
                if real else []),
-             f"Planners: Tree-Planner N={args.samples} plans (T=0.8, top_p 0.95), {args.votes} votes (T=0.7), "
+             f"Planners: Tree-Planner N={args.samples} plans (T=0.8, top_p 0.95), "
+             + (f"{args.votes} votes (T=0.7), " if args.decide == "votes" else
+                f"branch points decided by `--decide {args.decide}` (one forward pass over the option letters' "
+                f"log-probabilities where the backend reads them, else {args.votes} votes at T=0.7), ")
+             + 
              f"correction budget 10, backtracking **{args.backtrack}**"
              + (" (privileged: simulator restores, counted in the `restores` column)" if args.backtrack == "restore"
                 else " (no simulator undo: the next choice is grounded on the real state)")
@@ -337,6 +353,9 @@ def main(argv=None) -> int:
     p.add_argument("--samples", type=int, default=50, help="Tree-Planner plans sampled")
     p.add_argument("--votes", type=int, default=20, help="Tree-Planner votes per decision")
     p.add_argument("--critic-votes", type=int, default=5)
+    p.add_argument("--decide", default="votes", choices=("votes", "logprobs", "auto"),
+                   help="Tree-Planner branch points: k sampled votes (the paper's), or one forward pass reading the "
+                        "option letters' log-probabilities (llama backend)")
     p.add_argument("--backtrack", default="physical", choices=("physical", "restore"),
                    help="Tree-Planner backtracking: physical (no simulator undo) or restore (privileged, counted)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
@@ -363,14 +382,14 @@ def main(argv=None) -> int:
     jobs = [{"task": t, "planner": pl, "condition": c, "seed": s, "backend": args.backend, "errors": args.errors,
              "perturb": PERTURBATIONS.get(t, "grasp_fail:1.0@0") if c == "perturbed" else "",
              "samples": args.samples, "votes": args.votes, "critic_votes": args.critic_votes,
-             "backtrack": args.backtrack, "llm": args.llm, "constrain": args.constrain, "record": args.record}
+             "backtrack": args.backtrack, "decide": args.decide, "llm": args.llm, "constrain": args.constrain, "record": args.record}
             for t in tasks for c in args.conditions for s in range(args.seeds) for pl in args.planners]
     if args.record:
         merge_records(args.record)   # parts left by an interrupted run join the record first
     print(f"{len(jobs)} episodes: {len(tasks)} tasks x {len(args.conditions)} conditions x {args.seeds} seeds x "
           f"{len(args.planners)} planners on {args.backend}, {args.workers} worker(s)", flush=True)
     t0, rows = time.monotonic(), []
-    with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
+    with worker_pool(max(1, args.workers)) as pool:   # workers end with this script, kill -9 included
         for i, row in enumerate(pool.map(episode_job, jobs, chunksize=2), 1):
             rows.append(row)
             if i % 20 == 0 or i == len(jobs):

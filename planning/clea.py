@@ -33,6 +33,10 @@ Deviations from the released code (SP4595/CLEA-Closed-Loop-Embodied-Agent), on p
   here the planner can answer done(), and step, correction and round budgets end the episode.
 - [DEVIATION: parsed skills] the released planner writes a YAML block of Python calls that are run with
   `eval`; here a JSON block of calls is parsed by a strict grammar and grounded in the scene's names.
+- [DEVIATION: one-line notes] the observer's description and the memory's belief are each one line of at
+  most 240 characters (`NOTE_CHARS`, a grammar where the backend has one; at most `NOTE_TOKENS` tokens);
+  the released roles write free text. Unbounded, a 135M model filled 300 tokens per call, two thirds of
+  an episode's generated tokens.
 - [DEVIATION: prompts] no task knowledge file; planner temperature 0 (released: 0.2), critic votes at 0.7.
 """
 from __future__ import annotations
@@ -47,6 +51,9 @@ from taskweave.planning.grounding import accept_probability, parse_subgoal_reply
 DONE_HINT = " (when the task is already complete, give the single action done())"
 FIRST_BELIEF = "Nothing has been done yet; the observation below is all that is known."
 
+
+NOTE_CHARS = 240    # observer description and memory belief: one line of at most this many characters
+NOTE_TOKENS = 96
 
 class CleaAgent:
     """Observer, incremental memory, subgoal planner and probabilistic critic in a closed loop."""
@@ -77,8 +84,8 @@ class CleaAgent:
         """Observer: the text observation (the executor's, unless given) turned into a short description
         (one LLM call)."""
         observation = ep.executor.observe() if observation is None else observation
-        texts = ep.ask("clea_observer", tag="clea_observer", max_tokens=300, task=ep.executor.instruction,
-                       observation=observation)
+        texts = ep.ask("clea_observer", tag="clea_observer", max_tokens=NOTE_TOKENS, task=ep.executor.instruction,
+                       observation=observation, constraint=ep.constraint("note", max_chars=NOTE_CHARS))
         if texts is None:
             return None
         if not texts[0].strip():
@@ -88,8 +95,8 @@ class CleaAgent:
 
     def remember(self, ep: Episode, belief: str, record: str) -> str:
         """Memory: the new belief from the previous belief and the latest record only (one LLM call)."""
-        texts = ep.ask("clea_memory", tag="clea_memory", max_tokens=300, task=ep.executor.instruction,
-                       belief=belief, records=record)
+        texts = ep.ask("clea_memory", tag="clea_memory", max_tokens=NOTE_TOKENS, task=ep.executor.instruction,
+                       belief=belief, records=record, constraint=ep.constraint("note", max_chars=NOTE_CHARS))
         if texts is None:
             return belief
         if not texts[0].strip():

@@ -92,6 +92,7 @@ class EpisodeRecord:
     executability: float = 0.0
     success: bool = False
     error: Optional[str] = None
+    incomplete: bool = False        # the run could not complete (an LLM request or the executor failed)
     extra: dict = field(default_factory=dict)
 
     def add_step(self, call, result=None, *, success: Optional[bool] = None, failure: Optional[str] = None,
@@ -283,6 +284,12 @@ class Episode:
         return list(self.executor.object_names)
 
     @property
+    def graspable(self) -> list:
+        """Objects the gripper can hold (an executor without `graspable_names`: every object)."""
+        names = getattr(self.executor, "graspable_names", None)
+        return list(names) if names is not None else self.objects
+
+    @property
     def zones(self) -> list:
         """Zone names of the scene."""
         return list(self.executor.zone_names)
@@ -301,20 +308,24 @@ class Episode:
         """The constraint for a reply of this kind in this scene, or None with --constrain none.
 
         name: 'plan' (whole plan), 'step' (one call or done), 'option' (n_options=...), 'verdict', 'subgoal'
-        (max_calls=...).
+        (max_calls=...), 'note' (one line of free text, max_chars=...). Skill calls are typed: the first
+        argument of pick, place and rotate ranges over the objects the gripper can hold.
         """
         if self.constrain == "none":
             return None
         if name == "plan":
-            return constraints.plan_constraint(self.objects, self.zones)
+            return constraints.plan_constraint(self.objects, self.zones, graspable=self.graspable)
         if name == "step":
-            return constraints.step_constraint(self.objects, self.zones)
+            return constraints.step_constraint(self.objects, self.zones, graspable=self.graspable)
         if name == "option":
             return constraints.option_constraint(int(kw["n_options"]))
         if name == "verdict":
             return constraints.verdict_constraint()
         if name == "subgoal":
-            return constraints.subgoal_constraint(self.objects, self.zones, int(kw.get("max_calls", 3)))
+            return constraints.subgoal_constraint(self.objects, self.zones, int(kw.get("max_calls", 3)),
+                                                  graspable=self.graspable)
+        if name == "note":
+            return constraints.note_constraint(int(kw.get("max_chars", 240)))
         raise ValueError(f"no constraint named {name!r}")
 
     def ask(self, prompt: str, *, tag: str, n: int = 1, temperature: float = 0.0, top_p: float = 1.0,
@@ -328,7 +339,7 @@ class Episode:
             resp = self.llm.complete(messages, n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                                      tag=tag, constraint=constraint)
         except LLMError as e:
-            self.stop(f"LLM error ({tag}): {e}")
+            self.stop(f"LLM error ({tag}): {e}", incomplete=True)
             return None
         texts = [t if isinstance(t, str) else "" for t in (resp.texts or [])]
         self.emit("llm", tag=tag, n=n, tokens=resp.total_tokens)
@@ -336,6 +347,22 @@ class Episode:
             self.count_malformed(tag, "the reply had no completions")
             return None
         return texts
+
+    def score(self, prompt: str, choices, *, tag: str, **fields) -> Optional[dict]:
+        """Render a template and score the option strings as the reply's first token (one forward pass):
+        option -> log-probability, or None (and the episode stopped) on an LLM error."""
+        if self.stopped:
+            return None
+        try:
+            resp = self.llm.score_options(build_messages(prompt, **fields), list(choices), tag=tag)
+        except LLMError as e:
+            self.stop(f"LLM error ({tag}): {e}", incomplete=True)
+            return None
+        self.emit("llm", tag=tag, n=1, tokens=resp.total_tokens)
+        if not resp.logprobs or set(resp.logprobs) != set(choices):
+            self.count_malformed(tag, "the option scores did not cover the options")
+            return None
+        return dict(resp.logprobs)
 
     def count_malformed(self, tag: str, why: str, k: int = 1) -> None:
         """Count k unreadable replies and note why."""
@@ -363,7 +390,7 @@ class Episode:
                     result = self.executor.execute(g.call)
                 except Exception as e:  # an executor bug must end this episode, not the whole run
                     result = SkillResult(False, "executor_error", f"{type(e).__name__}: {e}")
-                    self.stop(f"executor raised {type(e).__name__} on {g.call}: {e}")
+                    self.stop(f"executor raised {type(e).__name__} on {g.call}: {e}", incomplete=True)
                 if not isinstance(result, SkillResult):
                     result = SkillResult(False, "executor_error", f"executor returned {type(result).__name__}")
                 for e in self._event_log()[n_events:]:
@@ -399,9 +426,11 @@ class Episode:
         self.corrections_used += 1
         return True
 
-    def stop(self, error: str = "") -> None:
-        """End the episode, keeping the first error given."""
+    def stop(self, error: str = "", incomplete: bool = False) -> None:
+        """End the episode, keeping the first error given; incomplete: the run could not complete (an LLM
+        request or the executor failed), which is no verdict on the planner."""
         self.stopped = True
+        self.record.incomplete |= bool(incomplete)
         if error and not self.record.error:
             self.record.error = error
             self.note(error, kind="error")
@@ -425,6 +454,7 @@ class Episode:
             rec.success = bool(ex.is_success())
         except Exception as e:
             rec.error = rec.error or f"could not score the episode: {type(e).__name__}: {e}"
+            rec.incomplete = True
         rec.executability = (sum(s.success for s in rec.steps) / len(rec.steps)) if rec.steps else 0.0
         rec.add_usage(self.llm.meter.since(self._usage0))
         rec.wall_time = round(time.monotonic() - self._t0, 4)
@@ -474,6 +504,8 @@ def run_episode(task, planner="tree", llm_spec: str = "offline", backend: str = 
     from taskweave.envs import make_env, parse_perturbations
     from taskweave.planning.executors import EnvSkillExecutor
     from taskweave.planning.registry import make_planner
+    if instruction is not None and not str(instruction).strip():
+        raise UserError("the instruction is empty or blank")
     planner = make_planner(planner, **(planner_kwargs or {})) if isinstance(planner, str) else planner
     own_llm = llm is None
     if own_llm:
@@ -481,7 +513,8 @@ def run_episode(task, planner="tree", llm_spec: str = "offline", backend: str = 
         if llm_spec.split(":", 1)[0] in ("offline", "llama"):   # seeded backends follow the episode seed
             kw.setdefault("seed", seed)
         llm = make_llm(llm_spec, **kw)
-    env = make_env(task, backend, control="skill")
+    # the planner's skill budget bounds the perturbation schedule (checked at reset)
+    env = make_env(task, backend, control="skill", max_skills=getattr(planner, "max_steps", None))
     try:
         env.reset(seed=seed)
         resolved = resolve_perturbations(perturb, env.task.goals) if perturb else ""

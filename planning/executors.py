@@ -105,6 +105,11 @@ class EnvSkillExecutor:
         return list(self.env.object_names)
 
     @property
+    def graspable_names(self) -> list:
+        """Objects the gripper can hold (optional in the protocol; planners fall back to every object)."""
+        return list(self.env.graspable_names)
+
+    @property
     def zone_names(self) -> list:
         """Names of the table zones in the scene."""
         return list(self.env.zone_names)

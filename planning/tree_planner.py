@@ -8,7 +8,9 @@ ask the LLM only where the tree branches; on failure, correct among siblings or 
 3. Grounded deciding: from the root, a node with one valid child costs no LLM call; otherwise k votes
    (default 20, temperature 0.7) over lettered options, shown the text observation cut down to the objects
    the candidate children name (`episode.describe_subset` of `executor.observe()`), the task and the
-   actions executed so far.
+   actions executed so far. `decide="logprobs"` (`--decide`) replaces the k votes by one forward pass that
+   reads the log-probability of each option letter as the reply (`LLMClient.score_options`; the embedded
+   llama backend can); "auto" uses it where the backend can. The record's `decide_mode` says which ran.
 4. Correction: a failed child is marked invalid and the LLM re-decides among the valid siblings with the
    failure (`episode.outcome_line`, the feedback every planner gets) in the prompt; with none left, the
    planner backtracks to the nearest ancestor with valid children. Correction budget: 10.
@@ -33,6 +35,7 @@ Backtracking, `backtrack=` (`taskweave plan --backtrack`):
 """
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
@@ -46,11 +49,16 @@ from taskweave.sim.skill_types import SkillCall, SkillSyntaxError
 END = "[END]"
 END_OPTION = "[END] (stop: the task is complete)"
 BACKTRACK_MODES = ("physical", "restore")
+DECIDE_MODES = ("votes", "logprobs", "auto")
 TRANSIENT_FAILURES = frozenset({"grasp_slipped", "grasp_failed", "timeout"})   # worth trying the node again
 
 
 class BacktrackModeError(UserError, ValueError):
     """A --backtrack value that is not a mode."""
+
+
+class DecideModeError(UserError, ValueError):
+    """A --decide value that is not a mode, or logprobs asked of a backend that cannot read them."""
 
 
 def normalize_action(action) -> str:
@@ -169,9 +177,15 @@ class TreePlanner:
     def __init__(self, n_samples: int = 50, temperature: float = 0.8, top_p: float = 0.95, n_votes: int = 20,
                  vote_temperature: float = 0.7, max_corrections: int = 10, max_steps: int = 40,
                  max_tokens: int = 400, example: Optional[str] = None, constrain: str = "grammar",
-                 backtrack: str = "physical", node_retries: int = 1):
+                 backtrack: str = "physical", node_retries: int = 1, decide: str = "votes"):
         """Configure sampling (N plans), deciding (k votes), the correction and step budgets, backtracking
-        ('physical' or the privileged 'restore') and the retries a node gets after a transient failure."""
+        ('physical' or the privileged 'restore'), the retries a node gets after a transient failure, and how
+        branch points are decided: 'votes' (k sampled votes, the paper's), 'logprobs' (one forward pass over
+        the option letters; the backend must read log-probabilities) or 'auto' (logprobs where the backend
+        can, else votes)."""
+        if decide not in DECIDE_MODES:
+            raise DecideModeError(f"unknown decide mode {decide!r} (choose one of: {', '.join(DECIDE_MODES)})")
+        self.decide = decide
         if backtrack not in BACKTRACK_MODES:
             raise BacktrackModeError(f"unknown backtrack mode {backtrack!r} (choose one of: "
                                      f"{', '.join(BACKTRACK_MODES)})")
@@ -189,7 +203,7 @@ class TreePlanner:
         """The planner's settings as a dict."""
         return {"n_samples": self.n_samples, "temperature": self.temperature, "top_p": self.top_p,
                 "n_votes": self.n_votes, "vote_temperature": self.vote_temperature, "backtrack": self.backtrack,
-                "node_retries": self.node_retries, "privileged": self.backtrack == "restore"}
+                "node_retries": self.node_retries, "privileged": self.backtrack == "restore", "decide": self.decide}
 
     def sample_tree(self, ep: Episode) -> Optional[ActionTree]:
         """Sample N plans in one request, drop the invalid ones and build the action tree."""
@@ -219,8 +233,13 @@ class TreePlanner:
         ep = Episode(self.name, executor, llm, task=task, seed=seed, backend=backend, trace=trace,
                      constrain=self.constrain,
                      max_steps=self.max_steps, max_corrections=self.max_corrections, config=self.config())
-        ep.plans_dropped, ep.decide_calls, ep.retries = 0, 0, 0
+        ep.plans_dropped, ep.decide_calls, ep.retries, ep.scored_decisions = 0, 0, 0, 0
         ep.backtrack = self.backtrack
+        scoring = bool(getattr(llm, "supports_scoring", False))
+        if self.decide == "logprobs" and not scoring:
+            raise DecideModeError(f"--decide logprobs needs a backend that reads log-probabilities "
+                                  f"({type(llm).__name__} cannot); use --decide votes or auto")
+        ep.decide_mode = "logprobs" if self.decide == "logprobs" or (self.decide == "auto" and scoring) else "votes"
         if self.backtrack == "restore" and not getattr(executor, "can_restore", True):
             ep.backtrack = "physical"
             ep.config["privileged"] = False
@@ -309,11 +328,24 @@ class TreePlanner:
             error, correction = f"The last attempt failed: {line}", True
 
     def _decide(self, ep: Episode, cands: list, error: str, history: list) -> Optional[TreeNode]:
-        """Majority of k votes over the lettered candidates; the most popular candidate if no vote is readable."""
+        """Majority of k votes over the lettered candidates (the most popular candidate if no vote is
+        readable), or, deciding by logprobs, the letter the model finds most likely as its reply."""
         names = [a for c in cands if c.call is not None for a in c.call.objects()]
         observation = describe_subset(ep.executor.observe(), names)
         options = format_options([END_OPTION if c.is_end else c.action for c in cands])
         ep.decide_calls += 1
+        if ep.decide_mode == "logprobs":
+            letters = list(string.ascii_uppercase[:len(cands)])
+            scores = ep.score("tree_decide", letters, tag="tree_decide", task=ep.executor.instruction,
+                              observation=observation, history=format_history(history), options=options, error=error)
+            if scores is None:
+                return None
+            ep.scored_decisions += 1
+            idx = max(range(len(cands)), key=lambda i: scores[letters[i]])
+            ep.emit("decide", options=[c.action for c in cands], logprobs={i: round(scores[letters[i]], 4)
+                                                                           for i in range(len(cands))},
+                    chosen=cands[idx].action)
+            return cands[idx]
         texts = ep.ask("tree_decide", tag="tree_decide", n=self.n_votes, temperature=self.vote_temperature,
                        max_tokens=8, constraint=ep.constraint("option", n_options=len(cands)),
                        task=ep.executor.instruction, observation=observation, history=format_history(history),
@@ -335,8 +367,11 @@ class TreePlanner:
                 "plans_dropped": int(getattr(ep, "plans_dropped", 0)),
                 "tree_nodes": len(tree.nodes()) if tree else 0, "tree_branch_points": tree.branch_points() if tree else 0,
                 "decide_calls": int(getattr(ep, "decide_calls", 0)), "node_retries_used": int(getattr(ep, "retries", 0)),
-                "backtrack": getattr(ep, "backtrack", self.backtrack)}
+                "backtrack": getattr(ep, "backtrack", self.backtrack),
+                "decide_mode": getattr(ep, "decide_mode", "votes"),
+                "scored_decisions": int(getattr(ep, "scored_decisions", 0))}
 
 
-__all__ = ["TreePlanner", "ActionTree", "TreeNode", "normalize_action", "END", "BACKTRACK_MODES",
+__all__ = ["TreePlanner", "ActionTree", "TreeNode", "normalize_action", "END", "BACKTRACK_MODES", "DECIDE_MODES",
+           "DecideModeError",
            "TRANSIENT_FAILURES", "BacktrackModeError"]

@@ -1,15 +1,22 @@
-"""Record oracle demonstrations (state, actions, skill text) into a zarr dataset (`taskweave collect` runs it)."""
+"""Record oracle demonstrations (state, actions, skill text) into a zarr dataset (`taskweave collect` runs it).
+
+A run holds the dataset folder's lock (`taskweave.sim.locks.FolderLock`) from start to finalize: a second
+collect on the same --out refuses, naming the holder; a killed run's lock is taken over by the next one,
+which first removes the temporaries the killed run left. Pool workers die with the run (`worker_pool`).
+"""
 from __future__ import annotations
 
+import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from typing import Optional
 
 import numpy as np
 from tqdm import tqdm
 
 from taskweave.envs.observation import policy_state
-from taskweave.policies.dataset import DatasetWriter
+from taskweave.policies.dataset import DatasetError, DatasetWriter
+from taskweave.policies.integrity import remove_partials
+from taskweave.sim.locks import FolderLock, worker_pool
 
 # Disjoint seed ranges per split (GenSim keeps train and test seeds apart in the same way).
 SPLIT_SEED_BASE = {"train": 0, "val": 10_000_000, "test": 20_000_000}
@@ -82,14 +89,28 @@ def collect(tasks: list, episodes: int, backend: str, out: str, val_episodes: Op
     from taskweave.envs import get_task
     for t in tasks:
         get_task(t)  # unknown names fail here, before any work
+    with FolderLock(out, "collect") as lock:
+        removed = lock.clean_temporaries() + remove_partials(os.path.join(out, "data.zarr"))
+        if removed:
+            print(f"removed {len(removed)} temporary file(s) an interrupted run left in {out}", file=sys.stderr)
+        return _collect(tasks, episodes, backend, out, val_episodes, test_episodes, rgb, workers, progress)
+
+
+def _collect(tasks, episodes, backend, out, val_episodes, test_episodes, rgb, workers, progress) -> dict:
+    """collect() once the dataset folder is locked."""
     val = episodes // 10 if val_episodes is None else val_episodes
     want = {"train": episodes, "val": val, "test": test_episodes}
     writer = DatasetWriter(out, tasks=tasks, backend=backend, control_hz=10.0,
                            extra={"seed_bases": SPLIT_SEED_BASE, "state_layout": "robot(7) + skill_features(16) + object-TCP(3) + target-TCP(3)"})
+    if writer.num_episodes and writer.rgb_shape != ((rgb, rgb, 3) if rgb else None):
+        have = f"{writer.rgb_shape[0]}x{writer.rgb_shape[1]} RGB frames" if writer.rgb_shape else "no RGB frames"
+        asked = f"{rgb}x{rgb} RGB frames (--rgb {rgb})" if rgb else "no RGB frames"
+        raise DatasetError(f"{out}: the dataset has {have}; refusing to append episodes with {asked} "
+                           f"(use the same --rgb or another --out)")
     stats = {"attempted": 0, "kept": 0, "failed": 0, "skipped_existing": 0}
     total = sum(want.values()) * len(tasks)
     bar = tqdm(total=total, desc=f"collect [{backend}]", unit="ep", file=sys.stderr, disable=not progress or None)
-    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+    pool = worker_pool(workers) if workers > 1 else None
     try:
         for task in tasks:
             for split in SPLITS:

@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from taskweave.envs.observation import POLICY_STATE_DIM
 from taskweave.envs.skill_loop import SkillRun
 
 DEFAULT_MAX_TICKS = 150   # control ticks a policy gets for one skill before it times out
@@ -22,6 +23,7 @@ class PolicyController:
 
     def __init__(self, runner, task_id=0, max_ticks: int = DEFAULT_MAX_TICKS, name: str = "policy") -> None:
         self.runner, self.task_id, self.max_ticks, self.name = runner, task_id, int(max_ticks), name
+        runner.check_state_size(POLICY_STATE_DIM)   # before any episode, not as a failed skill
 
     def start(self, run: SkillRun) -> None:
         """Flush the runner's history and action queue, and fix the skill's language for this run."""
@@ -30,7 +32,8 @@ class PolicyController:
 
     def act(self, run: SkillRun) -> np.ndarray:
         """The policy's next action for the run's env."""
-        state = run.env.policy_state(run.call)[: self.runner.config.state_dim]
+        state = run.env.policy_state(run.call)
+        self.runner.check_state_size(len(state))
         return self.runner.act({"state": state[None]}, [run.memo["text"]], [self.task_id])[0]
 
 
@@ -57,8 +60,10 @@ def run_policy_episodes(envs: Sequence, seeds: Sequence[int], runner, task_ids: 
             start(i)
     dim = runner.config.state_dim
     while any(active):
-        states = np.stack([envs[i].policy_state(runs[i].call)[:dim] if active[i] else np.zeros(dim, np.float32)
-                           for i in range(n)])
+        states = [envs[i].policy_state(runs[i].call) if active[i] else np.zeros(dim, np.float32) for i in range(n)]
+        for s in states:
+            runner.check_state_size(len(s))
+        states = np.stack(states)
         acts = runner.act({"state": states}, [texts[i] if active[i] else "idle" for i in range(n)], list(task_ids))
         if frames is not None and active[0]:
             frames.append(envs[0].render())

@@ -1,17 +1,23 @@
 """Demonstration datasets: DIR/meta.json + DIR/data.zarr; an appending, resumable writer and a window reader.
 
+(~440 lines: the writer and the reader of one on-disk format, read together.)
+
 Layout of DIR/data.zarr (all arrays chunked and Blosc-zstd compressed):
   data/state (T, D) float32, data/action (T, A) float32, data/skill_id (T,) int32,
   data/task_id (T,) int32, optional data/rgb (T, H, W, 3) uint8,
   meta/episode_ends (E,) int64 and meta/segment_ends (S,) int64 (exclusive global ends; a
   segment is a run of steps under one skill, never crossing an episode end).
 DIR/progress.json is the writer's commit record; DIR/meta.json, written atomically by
-finalize(), makes the dataset valid and lists exactly the episodes readers see.
+finalize(), makes the dataset valid and lists exactly the episodes readers see. Both carry a
+CRC32 per chunk of every array ("checksums", see `policies/integrity.py`), checked when a
+DemoDataset opens the data, and the backend the demonstrations come from (an append from
+another engine is refused).
 """
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from typing import Optional, Sequence
 
@@ -20,16 +26,15 @@ import torch
 import zarr
 from zarr.codecs import BloscCodec
 
-from taskweave.sim.errors import UserError
 from taskweave.sim.fileio import atomic_write_text
 
-FORMAT_VERSION = 1
+from . import integrity
+from .integrity import DatasetError
+
+FORMAT_VERSION = 2   # 2: per-chunk checksums; 1 (none) is still read, unchecked
 SPLITS = ("train", "val", "test")
 _ARRAYS = ("state", "action", "skill_id", "task_id")
-
-
-class DatasetError(UserError, RuntimeError):
-    """A dataset that is missing, unfinalised, corrupt or inconsistent; the message names the file."""
+_KEYS = tuple(f"data/{a}" for a in (*_ARRAYS, "rgb")) + ("meta/episode_ends", "meta/segment_ends")
 
 
 def _compressor(shuffle: str = "bitshuffle") -> BloscCodec:
@@ -59,7 +64,7 @@ def segments_from_skills(skill_ids: np.ndarray) -> np.ndarray:
 class DatasetWriter:
     """Appends episodes to DIR/data.zarr; reopening DIR resumes; finalize() writes meta.json atomically."""
 
-    def __init__(self, path: str, *, tasks: Sequence[str] = (), backend: str = "unknown",
+    def __init__(self, path: str, *, tasks: Sequence[str] = (), backend: Optional[str] = None,
                  control_hz: float = 10.0, chunk_len: int = 2048, rgb_chunk_len: int = 16,
                  extra: Optional[dict] = None) -> None:
         self.path = path
@@ -70,18 +75,25 @@ class DatasetWriter:
         os.makedirs(path, exist_ok=True)
         if os.path.exists(self.progress_path):
             self._state = _read_json(self.progress_path)
+            stored = self._state.get("backend")
+            if backend is not None and stored != backend:
+                raise DatasetError(f"{self.progress_path}: this dataset holds {stored} demonstrations; refusing to "
+                                   f"append {backend} ones (collect them into another folder)")
             self._root = (self._open_root("r+") if self._state["state_dim"] is not None
                           else zarr.open_group(self.zarr_path, mode="w"))  # nothing committed yet
             for t in tasks:
                 self._task_id(t)
             self._truncate_uncommitted()
+            if "checksums" not in self._state:
+                self._checksum_stored()
         else:
             if os.path.exists(self.zarr_path):
                 raise DatasetError(f"{self.zarr_path}: exists without {self.progress_path}; refusing to overwrite "
                                    "a store this writer did not create")
-            self._state = {"format_version": FORMAT_VERSION, "backend": backend, "control_hz": control_hz,
-                           "tasks": [], "skills": [], "episodes": [], "state_dim": None, "action_dim": None,
-                           "rgb_shape": None, "num_steps": 0, "num_segments": 0, "extra": extra or {}}
+            self._state = {"format_version": FORMAT_VERSION, "backend": backend or "unknown",
+                           "control_hz": control_hz, "tasks": [], "skills": [], "episodes": [], "state_dim": None,
+                           "action_dim": None, "rgb_shape": None, "num_steps": 0, "num_segments": 0,
+                           "extra": extra or {}, "checksums": {}}
             for t in tasks:
                 self._task_id(t)
             self._commit()  # before the store exists, so a crash here leaves a resumable folder
@@ -128,6 +140,36 @@ class DatasetWriter:
             self._root["meta/segment_ends"].resize((s,))
         except KeyError as exc:
             raise DatasetError(f"{self.zarr_path}: missing array {exc}") from None
+
+    def _checksum_stored(self) -> None:
+        """Give a store written before checksums (format 1) records of its committed rows, from now on checked."""
+        st, sums = self._state, {}
+        if st["state_dim"] is not None:
+            sizes = {"meta/episode_ends": len(st["episodes"]), "meta/segment_ends": st["num_segments"]}
+            for key in _KEYS:
+                if key in self._root:
+                    arr = self._root[key]
+                    n = sizes.get(key, st["num_steps"])
+                    sums[key] = integrity.record_of(np.asarray(arr[:n]), arr.chunks[0])
+        st.update(checksums=sums, format_version=FORMAT_VERSION)
+
+    def _append(self, key: str, data: np.ndarray) -> None:
+        """Append rows to one array and fold them into its checksum record."""
+        arr = self._root[key]
+        start = arr.shape[0]
+        arr.append(data)
+        rec = self._state["checksums"].setdefault(key, integrity.new_record(arr.chunks[0]))
+        integrity.extend(rec, start, data)
+
+    @property
+    def rgb_shape(self) -> Optional[tuple]:
+        """(H, W, 3) of the stored frames; None without frames or before the first episode."""
+        return tuple(self._state["rgb_shape"]) if self._state["rgb_shape"] is not None else None
+
+    @property
+    def backend(self) -> str:
+        """The engine the stored demonstrations come from."""
+        return self._state["backend"]
 
     def _create_arrays(self, state_dim: int, action_dim: int, rgb_shape: Optional[tuple]) -> None:
         c = self.chunk_len
@@ -204,15 +246,14 @@ class DatasetWriter:
             ends = segments_from_skills(skill_ids)
         task_id = self._task_id(task)
         start = st["num_steps"]
-        root = self._root
-        root["data/state"].append(state)
-        root["data/action"].append(action)
-        root["data/skill_id"].append(skill_ids)
-        root["data/task_id"].append(np.full(t, task_id, dtype=np.int32))
+        self._append("data/state", state)
+        self._append("data/action", action)
+        self._append("data/skill_id", skill_ids)
+        self._append("data/task_id", np.full(t, task_id, dtype=np.int32))
         if rgb is not None:
-            root["data/rgb"].append(rgb)
-        root["meta/episode_ends"].append(np.array([start + t], dtype=np.int64))
-        root["meta/segment_ends"].append(ends + start)
+            self._append("data/rgb", rgb)
+        self._append("meta/episode_ends", np.array([start + t], dtype=np.int64))
+        self._append("meta/segment_ends", (ends + start).astype(np.int64))
         st["episodes"].append({"index": len(st["episodes"]), "task": task, "task_id": task_id, "seed": int(seed),
                                "split": split, "start": start, "length": t, "num_segments": len(ends),
                                "info": info or {}})
@@ -233,7 +274,7 @@ class DatasetWriter:
                 "obs": {"state": [st["state_dim"]], **({"rgb": st["rgb_shape"]} if st["rgb_shape"] else {})},
                 "action_dim": st["action_dim"], "num_episodes": len(st["episodes"]),
                 "num_steps": st["num_steps"], "num_segments": st["num_segments"],
-                "episodes": st["episodes"], "extra": st["extra"]}
+                "episodes": st["episodes"], "extra": st["extra"], "checksums": st["checksums"]}
         atomic_write_text(self.meta_path, json.dumps(meta, indent=1) + "\n")
         return self.meta_path
 
@@ -250,7 +291,7 @@ def load_meta(path: str) -> dict:
                 "num_segments"):
         if key not in meta:
             raise DatasetError(f"{meta_path}: missing key '{key}'")
-    if meta["format_version"] != FORMAT_VERSION:
+    if meta["format_version"] not in (1, FORMAT_VERSION):
         raise DatasetError(f"{meta_path}: format_version {meta['format_version']}, expected {FORMAT_VERSION}")
     return meta
 
@@ -269,6 +310,9 @@ class DemoDataset(torch.utils.data.Dataset):
         self.obs_horizon, self.pred_horizon, self.action_horizon = obs_horizon, pred_horizon, action_horizon
         self.meta = load_meta(path)
         self.zarr_path = os.path.join(path, "data.zarr")
+        if self.meta["format_version"] == 1:
+            print(f"warning: {path}: a format-1 dataset, written before checksums: damaged chunks go undetected "
+                  f"(a collect run on it adds them)", file=sys.stderr)
         self.has_rgb = "rgb" in self.meta["obs"]
         self.load_rgb = self.has_rgb if load_rgb is None else load_rgb
         if self.load_rgb and not self.has_rgb:
@@ -286,7 +330,7 @@ class DemoDataset(torch.utils.data.Dataset):
             shape = tuple(self._array(root, "data/rgb").shape)
             if shape[0] < n or list(shape[1:]) != list(self.meta["obs"]["rgb"]):
                 raise DatasetError(f"{self.zarr_path}/data/rgb: shape {shape} does not match meta.json")
-        self._rgb = None
+        self._rgb, self._rgb_checked = None, set()
         wanted = [e for e in self.meta["episodes"]
                   if (split is None or e["split"] == split) and (tasks is None or e["task"] in tasks)]
         self.episodes = wanted
@@ -307,14 +351,20 @@ class DemoDataset(torch.utils.data.Dataset):
         except Exception as exc:  # noqa: BLE001 - KeyError or a corrupt zarr.json
             raise DatasetError(f"{self.zarr_path}/{key}: missing or unreadable array ({exc})") from None
 
+    def _checksum(self, key: str) -> Optional[dict]:
+        """The stored checksum record of one array (None for a format-1 dataset, which has none)."""
+        if self.meta["format_version"] == 1:
+            return None
+        rec = self.meta.get("checksums", {}).get(key)
+        if not isinstance(rec, dict) or not {"chunk_rows", "crc32"} <= set(rec):
+            raise DatasetError(f"{os.path.join(self.path, 'meta.json')}: no checksum record for {key}")
+        return rec
+
     def _read(self, root, key: str, n: int) -> np.ndarray:
         arr = self._array(root, key)
         if arr.shape[0] < n:
             raise DatasetError(f"{self.zarr_path}/{key}: {arr.shape[0]} rows, meta.json expects {n}")
-        try:
-            return np.asarray(arr[:n])
-        except Exception as exc:  # noqa: BLE001 - corrupt or missing chunk
-            raise DatasetError(f"{self.zarr_path}/{key}: corrupt data ({type(exc).__name__}: {exc})") from None
+        return integrity.read_checked(self.zarr_path, arr, key, n, self._checksum(key))
 
     def _check(self, episode_ends: np.ndarray, segment_ends: np.ndarray) -> None:
         meta_path = os.path.join(self.path, "meta.json")
@@ -382,14 +432,12 @@ class DemoDataset(torch.utils.data.Dataset):
             if self._rgb is None:
                 self._rgb = self._array(self._open(), "data/rgb")
             lo, hi = int(obs_idx.min()), int(obs_idx.max())
-            try:
-                frames = np.asarray(self._rgb[lo:hi + 1])
-            except Exception as exc:  # noqa: BLE001
-                raise DatasetError(f"{self.zarr_path}/data/rgb: corrupt frames {lo}..{hi} ({exc})") from None
+            frames = integrity.read_rows_checked(self.zarr_path, self._rgb, "data/rgb", lo, hi + 1,
+                                                 self.meta["num_steps"], self._checksum("data/rgb"), self._rgb_checked)
             item["rgb"] = torch.from_numpy(frames[obs_idx - lo])
         return item
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_rgb"] = None  # each DataLoader worker opens its own handle
+        state["_rgb"], state["_rgb_checked"] = None, set()  # each DataLoader worker opens its own handle
         return state

@@ -10,6 +10,7 @@ from collections import defaultdict
 from tqdm import tqdm
 
 from taskweave.envs.metrics import rate_cell, wilson_interval
+from taskweave.envs.observation import POLICY_STATE_DIM
 from taskweave.sim.fileio import atomic_write_text
 from taskweave.policies.collect import SPLIT_SEED_BASE
 
@@ -28,13 +29,15 @@ def evaluate(checkpoint: str, tasks: list, episodes: int, backend: str = "mujoco
     runner = PolicyRunner.from_checkpoint(checkpoint, num_envs=n_env, device=device,
                                           num_inference_steps=inference_steps, seed=0,
                                           action_horizon=action_horizon)
+    task_ids = {t: runner.task_index(t) for t in tasks}   # a task the checkpoint never saw is an error, up front
+    runner.check_state_size(POLICY_STATE_DIM)
     t0 = time.perf_counter()
     per_task = {}
     bar = tqdm(total=episodes * len(tasks), desc=f"eval [{backend}]", unit="ep", file=sys.stderr,
                disable=not progress or None)
     for task in tasks:
         envs = [make_env(task, backend, control="ee_delta") for _ in range(n_env)]
-        tid = runner.task_index(task) if task in runner.tasks else 0
+        tid = task_ids[task]
         rows, base = [], SPLIT_SEED_BASE[split]
         frames = [] if video_dir else None
         for start in range(0, episodes, n_env):

@@ -44,6 +44,7 @@ class PolicyRunner:
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
         self.skills = list(getattr(policy, "skills", []))
         self.tasks = list(getattr(policy, "tasks", []))
+        self.source = "the policy"   # named in errors; from_checkpoint sets the checkpoint's path
         self._encoder = None
         self._embed_cache: dict[str, torch.Tensor] = {}
         self.reset()
@@ -54,8 +55,18 @@ class PolicyRunner:
                         seed: Optional[int] = None, action_horizon: Optional[int] = None) -> "PolicyRunner":
         """Load a checkpoint file or run folder and wrap it for num_envs envs."""
         dev = select_device(device)
-        return cls(load_policy(path, dev, use_ema=use_ema), num_envs, dev, sampler, num_inference_steps, seed,
-                   action_horizon)
+        runner = cls(load_policy(path, dev, use_ema=use_ema), num_envs, dev, sampler, num_inference_steps, seed,
+                     action_horizon)
+        runner.source = path
+        return runner
+
+    def check_state_size(self, size: int) -> None:
+        """Refuse observations whose state size differs from the one the policy was trained on (a policy
+        without a state vector, state_dim None, has nothing to check)."""
+        if self.config.state_dim is not None and size != self.config.state_dim:
+            raise RunnerError(f"{self.source}: trained on states of size {self.config.state_dim}, the env gives "
+                              f"states of size {size}; refusing to cut or pad them (train on data collected "
+                              f"with this version)")
 
     def reset(self, env_ids: Optional[Sequence[int]] = None) -> None:
         """Forget history and queued actions of env_ids (all envs when None); call on env reset."""
@@ -89,7 +100,7 @@ class PolicyRunner:
         """Map a task name or id to the policy's task id."""
         if isinstance(task, str):
             if task not in self.tasks:
-                raise RunnerError(f"task {task!r} was not in the training data; known: {self.tasks}")
+                raise RunnerError(f"{self.source}: task {task!r} was not in the training data; known: {self.tasks}")
             return self.tasks.index(task)
         task = int(task)
         if not 0 <= task < self.config.num_tasks:

@@ -4,6 +4,9 @@
 --nproc_per_node=N -m taskweave.policies.train --data DIR --out RUN ...` (the same flags). A run folder holds config.json (the full config, dims filled in), run_info.json, metrics.jsonl,
 checkpoints/last.pt (full training state, rewritten every checkpoint_every steps) and
 checkpoints/step_NNNNNNN.pt (weights and EMA only), plus tensorboard/ when TensorBoard is installed.
+Rank 0 holds the run folder's lock (`taskweave.sim.locks.FolderLock`) for the whole run and first removes
+the `.tmp-*` files an interrupted write left; run_info.json records the dataset's fingerprint, and
+`--resume` on another dataset (or on one changed since) is refused.
 """
 from __future__ import annotations
 
@@ -25,8 +28,10 @@ from tqdm.auto import tqdm
 
 from taskweave.sim.errors import UserError
 from taskweave.sim.fileio import atomic_write_json, atomic_write_text
+from taskweave.sim.locks import FolderLock
 
 from .dataset import DemoDataset
+from .integrity import dataset_fingerprint
 from .device import select_device
 from .diffusion import make_policy
 from .diffusion.checkpoint import load_checkpoint, save_checkpoint
@@ -158,12 +163,24 @@ def train(data_dir: str, out_dir: str, config: Optional[DiffusionConfig] = None,
         own_group = True
     is_main = rank == 0
     log = log if is_main else (lambda *a, **k: None)
+    lock = None
     try:
+        if resume and not os.path.isdir(out_dir):
+            raise TrainError(f"{out_dir}: run folder not found, nothing to resume (drop --resume to start a run)")
+        if is_main:
+            lock = FolderLock(out_dir, "train", log=log).acquire()
+            removed = lock.clean_temporaries(("", "checkpoints"))
+            if removed:
+                log(f"removed {len(removed)} temporary file(s) ({sum(n for _, n in removed) / 1e6:.1f} MB) an "
+                    f"interrupted write left in {out_dir}")
         cfg, ckpt_path = _prepare_config(out_dir, config, resume, steps, batch_size, log)
         ds = DemoDataset(data_dir, "train", cfg.obs_horizon, cfg.pred_horizon, cfg.action_horizon,
                          load_rgb=cfg.obs_mode == "rgb")
         if len(ds) == 0:
             raise TrainError(f"{data_dir}: no training windows (no episodes with split 'train')")
+        fingerprint = dataset_fingerprint(ds.meta)
+        if resume:
+            _check_same_dataset(out_dir, data_dir, ds, fingerprint)
         encoder = make_text_encoder(cfg.text_encoder, cfg.text_embed_dim)
         cfg = _fill_dims(cfg, ds, encoder.dim, resuming=ckpt_path is not None)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
@@ -176,6 +193,10 @@ def train(data_dir: str, out_dir: str, config: Optional[DiffusionConfig] = None,
         start = 0
         if ckpt_path is not None:
             ckpt = load_checkpoint(ckpt_path, map_location=dev)
+            for what in ("tasks", "skills"):
+                if list(ckpt[what]) != list(getattr(ds, what)):
+                    raise TrainError(f"--resume with another dataset: {ckpt_path} was trained on {what} "
+                                     f"{list(ckpt[what])}, {data_dir} has {list(getattr(ds, what))}")
             policy.load_state_dict(ckpt["model"])
             if ckpt["optimizer"] is not None:
                 optimizer.load_state_dict(ckpt["optimizer"])
@@ -194,7 +215,9 @@ def train(data_dir: str, out_dir: str, config: Optional[DiffusionConfig] = None,
             os.makedirs(out_dir, exist_ok=True)
             cfg.save(os.path.join(out_dir, "config.json"))  # rewritten on resume: steps may have grown
         if is_main and ckpt_path is None:
-            info = {"data": os.path.abspath(data_dir), "num_train_windows": len(ds), "skills": ds.skills,
+            info = {"data": os.path.abspath(data_dir), "dataset_fingerprint": fingerprint,
+                    "dataset_backend": ds.meta.get("backend"), "dataset_episodes": len(ds.meta["episodes"]),
+                    "num_train_windows": len(ds), "skills": ds.skills,
                     "tasks": ds.tasks, "world_size": world, "device": str(dev), "torch": torch.__version__}
             atomic_write_json(os.path.join(out_dir, "run_info.json"), info, indent=2)
         torch.manual_seed(cfg.seed + 1000 * rank + start)  # fresh noise on each rank and after a resume
@@ -215,6 +238,24 @@ def train(data_dir: str, out_dir: str, config: Optional[DiffusionConfig] = None,
     finally:
         if own_group and dist.is_initialized():
             dist.destroy_process_group()
+        if lock is not None:
+            lock.release()
+
+
+def _check_same_dataset(out_dir: str, data_dir: str, ds: DemoDataset, fingerprint: str) -> None:
+    """Refuse to resume a run on a dataset other than (or changed since) the one it started on."""
+    path = os.path.join(out_dir, "run_info.json")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            info = json.load(fh)
+    except (OSError, ValueError):
+        return   # no record (a run from before fingerprints): the checkpoint's vocabularies are still compared
+    old = info.get("dataset_fingerprint") if isinstance(info, dict) else None
+    if old is not None and old != fingerprint:
+        raise TrainError(f"--resume with another dataset: the run started on {info.get('data')} (fingerprint {old}, "
+                         f"{info.get('dataset_episodes', '?')} episodes, tasks {info.get('tasks')}), --data "
+                         f"{data_dir} is {fingerprint} ({len(ds.meta['episodes'])} episodes, tasks {ds.tasks}); "
+                         f"start a new run with another --out")
 
 
 def _trim_metrics(path: str, step: int) -> None:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import numpy as np
 
-from taskweave.sim.errors import UserError
+from taskweave.sim.errors import RunError, UserError
 from taskweave.sim.geometry import top_down_quat, top_down_yaw
 
 from taskweave.sim.robot import FINGER_MAX, HOME_Q
@@ -21,6 +21,10 @@ SEG_NONE, SEG_TABLE, SEG_ROBOT, SEG_OBJECT0 = 0, 1, 2, 3
 
 class UnknownBackendError(UserError, ValueError):
     """A backend name that is not one of BACKENDS."""
+
+
+class BackendUnavailableError(RunError, ImportError):
+    """A known backend whose engine cannot be loaded here (its package is missing or broken)."""
 
 
 @dataclass
@@ -173,10 +177,13 @@ class Backend(ABC):
 
 def make_backend(name: str) -> Backend:
     """A fresh backend by name: 'mujoco' or 'pybullet'."""
-    if name == "mujoco":
-        from taskweave.sim.mujoco_backend import MujocoBackend
-        return MujocoBackend()
-    if name == "pybullet":
-        from taskweave.sim.pybullet_backend import PybulletBackend
-        return PybulletBackend()
+    try:
+        if name == "mujoco":
+            from taskweave.sim.mujoco_backend import MujocoBackend
+            return MujocoBackend()
+        if name == "pybullet":
+            from taskweave.sim.pybullet_backend import PybulletBackend
+            return PybulletBackend()
+    except ImportError as e:
+        raise BackendUnavailableError(f"physics backend {name!r} is unavailable: {e}") from e
     raise UnknownBackendError(f"unknown backend {name!r} (choose one of: {', '.join(BACKENDS)})")

@@ -1,8 +1,9 @@
-"""`UserError`: the one base class of errors a user causes and can fix (a bad name, file or flag value).
+"""`UserError`: the one base class of errors a user causes and can fix (a bad name, file or flag value);
+`RunError`: a run that could not complete (an LLM or backend unavailable).
 
-The CLI prints such an error as one line naming the problem and exits 2; every other exception is a
-bug and shows its traceback. Each subsystem's error classes derive from it (and keep their builtin
-base, e.g. ValueError, so existing `except` clauses still hold).
+The CLI prints a `UserError` as one line naming the problem and exits 2, a `RunError` likewise with exit 3;
+every other exception is a bug and shows its traceback. Each subsystem's error classes derive from one of
+them (and keep their builtin base, e.g. ValueError, so existing `except` clauses still hold).
 """
 from __future__ import annotations
 
@@ -15,4 +16,9 @@ class UserError(Exception):
         return str(self.args[0]) if len(self.args) == 1 else super().__str__()
 
 
-__all__ = ["UserError"]
+class RunError(Exception):
+    """A run that could not complete through no fault of its input (an LLM server or a physics backend
+    unavailable, a request that failed): the CLI prints it as one line and exits 3."""
+
+
+__all__ = ["UserError", "RunError"]

@@ -11,12 +11,14 @@ import tempfile
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
+TEMP_PREFIX = ".tmp-"   # every temp file below starts with it (sim.locks.FolderLock.clean_temporaries finds them)
+
 
 def atomic_write(path: str, write: Callable, binary: bool = False, mode: int = 0o644) -> str:
     """Call write(file) on a temp file in path's folder, fsync, then os.replace it onto path; returns path."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=os.path.basename(path), dir=folder)
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as fh:
             write(fh)
@@ -47,7 +49,7 @@ def atomic_target(path: str) -> str:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     ext = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=ext, dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=ext, dir=folder)
     os.close(fd)
     return tmp
 
@@ -66,4 +68,4 @@ def atomic_path(path: str, mode: int = 0o644) -> Iterator[str]:
             os.unlink(tmp)
 
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_target", "atomic_path"]
+__all__ = ["TEMP_PREFIX", "atomic_write", "atomic_write_text", "atomic_write_json", "atomic_target", "atomic_path"]

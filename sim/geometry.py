@@ -56,6 +56,14 @@ def quat_up_z(q):
     return float(up) if up.ndim == 0 else up
 
 
+def quat_matrix(q) -> np.ndarray:
+    """3x3 rotation matrix of a wxyz quaternion (normalised first)."""
+    w, x, y, z = np.asarray(q, dtype=float) / np.linalg.norm(q)
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+
+
 def look_at_axes(pos, target, up=(0.0, 0.0, 1.0)) -> tuple:
     """Camera right (x) and up (y) axes for a camera at pos looking at target (OpenGL convention)."""
     pos, target, up = (np.asarray(v, dtype=float) for v in (pos, target, up))

@@ -35,6 +35,11 @@ def _robot_spec() -> mujoco.MjSpec:
             body.gravcomp = 1.0
     tcp = spec.body(R.TCP_LINK)
     tcp.add_site(name="tcp", pos=[0, 0, 0], size=[0.005, 0.005, 0.005])
+    cam_pos, cx, cy, _ = R.wrist_camera_axes()
+    cam_q = np.zeros(4)
+    mujoco.mju_mat2Quat(cam_q, np.stack([cx, cy, np.cross(cx, cy)], axis=1).reshape(-1))
+    spec.body(R.HAND_LINK).add_camera(name=R.WRIST_CAMERA, pos=list(cam_pos), quat=list(cam_q),
+                                      fovy=R.WRIST_CAMERA_FOVY)
     for i, jn in enumerate(R.ARM_JOINTS):
         j = spec.joint(jn)
         j.damping = [1.0, 0.0, 0.0]
@@ -348,7 +353,8 @@ class MujocoBackend(Backend):
         try:
             cam = self.model.camera(camera).id
         except KeyError:
-            raise KeyError(f"no camera named {camera!r} (cameras: {', '.join(c.name for c in self.spec.cameras)})") from None
+            names = [c.name for c in self.spec.cameras] + [R.WRIST_CAMERA]
+            raise KeyError(f"no camera named {camera!r} (cameras: {', '.join(names)})") from None
         r.update_scene(self.data, camera=cam)
         frame = Frame(rgb=r.render().copy())
         if depth:

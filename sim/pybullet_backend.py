@@ -10,7 +10,7 @@ import pybullet as p
 from pybullet_utils.bullet_client import BulletClient
 
 from taskweave.sim import robot as R
-from taskweave.sim.geometry import container_boxes, look_at_axes, yaw_quat
+from taskweave.sim.geometry import container_boxes, look_at_axes, quat_matrix, yaw_quat
 from taskweave.sim.backend import SEG_NONE, SEG_OBJECT0, SEG_ROBOT, SEG_TABLE, Backend, Frame
 from taskweave.sim.spec import COLORS, SceneSpec
 
@@ -89,6 +89,7 @@ class PybulletBackend(Backend):
         self._arm_j = [names[j] for j in R.ARM_JOINTS]
         self._finger_j = [names[j] for j in R.FINGER_JOINTS]
         self._tcp_link = names["link:" + R.TCP_LINK]
+        self._hand_link = names["link:" + R.HAND_LINK]
         self._finger_links = {names["link:" + n]: n for n in R.FINGER_LINKS}
         for j in self._finger_j:
             c.changeDynamics(self.robot, j, lateralFriction=R.FINGER_FRICTION, spinningFriction=0.02,
@@ -281,13 +282,21 @@ class PybulletBackend(Backend):
                depth: bool = False, segmentation: bool = False) -> Frame:
         """TinyRenderer RGB (and optionally depth and segmentation) from a named camera."""
         cams = {c.name: c for c in self.spec.cameras}
-        if camera not in cams:
-            raise KeyError(f"no camera named {camera!r} (cameras: {', '.join(cams)})")
-        cam = cams[camera]
-        _, up, _ = look_at_axes(cam.pos, cam.target)
-        view = self.client.computeViewMatrix(list(cam.pos), list(cam.target), list(up))
+        if camera == R.WRIST_CAMERA and camera not in cams:
+            ls = self.client.getLinkState(self.robot, self._hand_link, computeForwardKinematics=True)
+            rot = quat_matrix(_wxyz(ls[5]))
+            local, _, up_local, fwd = R.wrist_camera_axes()
+            eye = np.asarray(ls[4]) + rot @ local
+            target, up, fovy = eye + rot @ fwd, rot @ up_local, R.WRIST_CAMERA_FOVY
+        elif camera in cams:
+            cam = cams[camera]
+            eye, target, fovy = cam.pos, cam.target, cam.fovy
+            _, up, _ = look_at_axes(cam.pos, cam.target)
+        else:
+            raise KeyError(f"no camera named {camera!r} (cameras: {', '.join([*cams, R.WRIST_CAMERA])})")
+        view = self.client.computeViewMatrix(list(eye), list(target), list(up))
         near, far = 0.01, 5.0
-        proj = self.client.computeProjectionMatrixFOV(cam.fovy, width / height, near, far)
+        proj = self.client.computeProjectionMatrixFOV(fovy, width / height, near, far)
         flags = 0 if segmentation else p.ER_NO_SEGMENTATION_MASK
         w, h, rgba, dbuf, seg = self.client.getCameraImage(width, height, view, proj, renderer=p.ER_TINY_RENDERER,
                                                             flags=flags, shadow=0)

@@ -55,6 +55,19 @@ def validate_call(call: SkillCall, spec: SceneSpec) -> None:
         raise SkillArgumentError(f"{call}: {obj.name} is fixed to the table and cannot be moved")
 
 
+def can_grasp(obj) -> bool:
+    """Whether the parallel gripper can hold this object at all (an ObjectSpec): it is not fixed to the
+    table and one side of its footprint fits between the open fingers. A static affordance of the object's
+    shape (what pick, place and rotate need of their first argument); reach and clearance are checked when
+    the skill runs."""
+    if obj.fixed:
+        return False
+    sx, sy = obj.footprint
+    if obj.shape in ("cylinder", "sphere"):
+        return 2 * sx <= MAX_FINGER_SPAN
+    return 2 * min(sx, sy) <= MAX_FINGER_SPAN
+
+
 def grasp_yaw(obj_yaw: float, size_x: float, size_y: float, prefer: float = 0.0) -> Optional[float]:
     """Gripper yaw that closes the fingers across the object's narrow side (None if too wide)."""
     options = []

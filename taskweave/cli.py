@@ -1,9 +1,14 @@
 """The `taskweave` command line: one module per command under `taskweave.commands`, a small dispatcher here.
 
 Each command module defines `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`, and
-calls library functions; only the module of the command being run is imported. Errors: a
-`UserError` (unknown task, bad file, bad flag value) prints one line naming the problem and exits 2;
-anything else is a bug and shows its traceback.
+calls library functions; only the module of the command being run is imported.
+
+Exit codes (see `taskweave.commands.common`, documented in the README): 0 success; 1 the task failed (a
+failed episode); 2 bad input: a `UserError` (unknown task, bad file, bad flag value, unusable output path)
+prints one line naming the problem; 3 the run could not complete: a `RunError` (an LLM or physics backend
+unavailable, a failed LLM request) prints one line. An OS error that escapes a run prints one line naming
+the path (2 for a path the user can fix: permissions, read-only, missing; else 3); anything else is a bug
+and shows its traceback.
 """
 from __future__ import annotations
 
@@ -12,7 +17,8 @@ import importlib
 import os
 import sys
 
-from taskweave.sim.errors import UserError
+from taskweave.commands.common import EXIT_INCOMPLETE, EXIT_USAGE, os_error_code, os_error_line
+from taskweave.sim.errors import RunError, UserError
 
 # command name -> module under taskweave.commands (imported only when that command runs)
 COMMANDS = {
@@ -87,7 +93,13 @@ def main(argv=None) -> int:
         return 130
     except UserError as e:
         print(f"taskweave {wanted or 'error'}: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except RunError as e:
+        print(f"taskweave {wanted or 'error'}: error: {e}", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    except OSError as e:   # the backstop: outputs are checked before a run, but disks fill and mounts vanish
+        print(f"taskweave {wanted or 'error'}: error: {os_error_line(e)}", file=sys.stderr)
+        return os_error_code(e)
 
 
 if __name__ == "__main__":

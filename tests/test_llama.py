@@ -138,3 +138,44 @@ def test_base_model_completes_plain_text_under_a_grammar():
         assert not parse_plan(r.texts[0]).errors and r.texts[0].endswith("[END]")
     finally:
         g.close()
+
+
+DECIDE = [{"role": "user", "content": "Task: put the red block in the green bowl.\nWhich skill should run next?\n"
+                                      "A) pick(red_block)\nB) pick(green_bowl)\nC) [END]\n"
+                                      "Answer with the letter of exactly one option and nothing else."}]
+
+
+def test_option_scores_are_the_models_next_token_distribution(llm, tmp_path):
+    letters = ["A", "B", "C"]
+    first = llm.score_options(DECIDE, letters, tag="t")
+    lp = first.logprobs
+    assert set(lp) == set(letters) and all(v < 0 for v in lp.values()) and sum(2.718281828 ** v for v in lp.values()) <= 1
+    assert first.texts == [max(letters, key=lp.get)] and first.prompt_tokens > 20 and first.completion_tokens == 0
+    # the KV cache left by another prompt does not change a score; greedy decoding over the letters agrees
+    llm.complete(MSGS, n=1, temperature=0.0, max_tokens=4)
+    again = llm.score_options(DECIDE, letters)
+    assert again.logprobs == pytest.approx(lp, abs=1e-4)
+    greedy = llm.complete(DECIDE, n=1, temperature=0.0, max_tokens=2, constraint=option_constraint(3)).text
+    assert greedy == first.texts[0]
+    with pytest.raises(Exception, match="not a single token"):
+        llm.score_options(DECIDE, ["A", "pick(red_block) then place"])
+    # recorded scores replay without the model; an unrecorded question is a replay miss
+    path = tmp_path / "scores.jsonl"
+    ReplayClient(path, inner=llm, mode="record").score_options(DECIDE, letters)
+    rep = ReplayClient(path, mode="replay")
+    assert rep.supports_scoring and rep.score_options(DECIDE, letters).logprobs == pytest.approx(lp, abs=1e-4)
+    with pytest.raises(Exception, match="replay miss"):
+        rep.score_options(DECIDE, ["A", "B"])
+
+
+def test_tree_planner_decides_by_logprobs_and_says_so():
+    from taskweave.planning.tree_planner import DecideModeError
+    rec = run_episode("BlockInBowl", "tree", llm_spec="llama:smollm2-135m", seed=1,
+                      planner_kwargs={"n_samples": 6, "decide": "logprobs", "max_steps": 4})
+    assert rec.extra["decide_mode"] == "logprobs"
+    assert rec.extra["scored_decisions"] == rec.extra["decide_calls"]
+    assert rec.llm_calls == 1 + rec.extra["decide_calls"]     # one sampling call, one forward pass per branch point
+    with pytest.raises(DecideModeError, match="log-probabilities"):
+        run_episode("BlockInBowl", "tree", llm_spec="offline", seed=1, planner_kwargs={"decide": "logprobs"})
+    auto = run_episode("BlockInBowl", "tree", llm_spec="offline", seed=1, planner_kwargs={"decide": "auto"})
+    assert auto.extra["decide_mode"] == "votes"

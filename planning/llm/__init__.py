@@ -6,7 +6,10 @@ control-flow tests, `llm/offline.py`: not a language model). Lazy backends regis
 `register_llm_backend` when first asked for.
 
 A backend subclasses `LLMClient` and implements `_complete` (same arguments as `complete`);
-`complete` validates the request, times it and records usage in the client's `UsageMeter`.
+`complete` validates the request, times it and records usage in the client's `UsageMeter`. A backend
+that can read the model's next-token distribution also implements `_score` (`supports_scoring`):
+`score_options` then answers "which of these one-token options comes next" with one forward pass and
+their log-probabilities, in place of k sampled votes.
 """
 from __future__ import annotations
 
@@ -17,11 +20,12 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
-from taskweave.sim.errors import UserError
+from taskweave.sim.errors import RunError, UserError
 
 
-class LLMError(RuntimeError):
-    """An LLM request that could not be answered (server errors, exhausted retries, replay misses)."""
+class LLMError(RunError, RuntimeError):
+    """An LLM request that could not be answered (server errors, exhausted retries, replay misses): the run
+    could not complete (CLI exit 3)."""
 
 
 class LLMConfigError(UserError, LLMError):
@@ -48,6 +52,7 @@ class LLMResponse:
     requests: int = 0               # HTTP attempts spent on this response (retries included)
     constrained: str = ""           # the constraint kind the backend applied ('' when decoding was free)
     prompt_tokens_sent: int = 0     # prompt tokens over every request sent (n separate requests count n times)
+    logprobs: Optional[dict] = None  # score_options: option -> log-probability of it as the reply's first token
 
     @property
     def text(self) -> str:
@@ -184,6 +189,7 @@ class LLMClient:
 
     model: str = ""
     constraint_kinds: frozenset = frozenset()
+    supports_scoring: bool = False     # score_options works (the backend reads next-token log-probabilities)
 
     def __init__(self, model: str = "", meter: Optional[UsageMeter] = None):
         self.model = model
@@ -214,6 +220,35 @@ class LLMClient:
         return resp
 
     def _complete(self, messages, n, temperature, top_p, max_tokens, stop, tag, constraint=None) -> LLMResponse:
+        raise NotImplementedError
+
+    def score_options(self, messages: list, options, tag: str = "") -> LLMResponse:
+        """Log-probabilities of each option as the first token of the reply, from one forward pass.
+
+        options: distinct short strings (option letters), each one token. The response's `logprobs` maps
+        option -> log p (renormalised over the options is up to the caller), `texts` holds the most likely
+        option. Raises LLMError when the backend cannot score (`supports_scoring` is False).
+        """
+        options = [str(o) for o in options]
+        if not options or len(set(options)) != len(options) or any(not o.strip() for o in options):
+            raise ValueError(f"score_options needs distinct non-blank options, got {options!r}")
+        _check_request(messages, 1, 0.0, 1.0, 1)
+        if not self.supports_scoring:
+            raise LLMError(f"{type(self).__name__} cannot score options (no access to next-token log-probabilities)")
+        t0 = time.monotonic()
+        try:
+            resp = self._score(list(messages), options, tag)
+        except LLMError as e:
+            self.meter.record_failure(tag, getattr(e, "usage", None), time.monotonic() - t0)
+            raise
+        if not resp.prompt_tokens_sent:
+            resp.prompt_tokens_sent = resp.prompt_tokens
+        if not resp.latency_s:
+            resp.latency_s = time.monotonic() - t0
+        self.meter.record(resp, tag)
+        return resp
+
+    def _score(self, messages, options, tag) -> LLMResponse:
         raise NotImplementedError
 
     def accepts(self, constraint) -> bool:

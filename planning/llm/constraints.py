@@ -78,35 +78,53 @@ pose ::= "(" number ", " number ")"
 '''
 
 
-def skill_call_rules(objects: Iterable[str], zones: Iterable[str], skills: Optional[dict] = None) -> str:
-    """GBNF rules `call` (one skill call over these scene names) and its helpers."""
+# skills whose first argument is held in the gripper: typed over the graspable objects
+HELD_FIRST = frozenset({"pick", "place", "rotate"})
+
+
+def skill_call_rules(objects: Iterable[str], zones: Iterable[str], skills: Optional[dict] = None,
+                     graspable: Optional[Iterable[str]] = None) -> str:
+    """GBNF rules `call` (one skill call over these scene names) and its helpers.
+
+    graspable: the objects the gripper can hold; when given, the first argument of pick, place and rotate
+    ranges over them only (a skill whose first argument has no candidate is left out)."""
     skills = skills or SKILLS
     objects, zones = list(objects), list(zones)
+    held = None if graspable is None else [o for o in graspable if o in objects]
     kinds = {"object": "obj", "zone": "zone", "pose": "pose", "number": "number"}
     alts = []
     for info in skills.values():
         args = []
-        for _, accepted in info.params:
+        for i, (_, accepted) in enumerate(info.params):
             parts = [kinds[k] for k in accepted if k != "zone" or zones]
+            if i == 0 and held is not None and info.name in HELD_FIRST and parts == ["obj"]:
+                parts = ["gobj"]
             args.append(parts[0] if len(parts) == 1 else "(" + " | ".join(parts) + ")")
+        if held is not None and not held and args and args[0] == "gobj":
+            continue
         alts.append(_lit(info.name + "(") + " " + ' ", " '.join(args) + ' ")"')
     rules = "call ::= " + " | ".join(alts) + "\n"
     rules += f"obj ::= {_alts(objects)}\n"
+    if held:
+        rules += f"gobj ::= {_alts(held)}\n"
     if zones:
         rules += f"zone ::= {_alts(zones)}\n"
     return rules + _NUMBER_RULES
 
 
-def plan_constraint(objects: Iterable[str], zones: Iterable[str], max_lines: int = 16) -> Constraint:
+def plan_constraint(objects: Iterable[str], zones: Iterable[str], max_lines: int = 16,
+                    graspable: Optional[Iterable[str]] = None) -> Constraint:
     """A whole plan: 1 to max_lines skill calls over the scene's names, one per line, then `[END]`."""
-    rules = skill_call_rules(objects, zones)
+    rules = skill_call_rules(objects, zones, graspable=graspable)
     body = 'root ::= (call "\\n"){1,%d} "[END]"\n' % int(max_lines)
     return Constraint("grammar", "plan", grammar=body + rules)
 
 
-def step_constraint(objects: Iterable[str], zones: Iterable[str]) -> Constraint:
+def step_constraint(objects: Iterable[str], zones: Iterable[str],
+                    graspable: Optional[Iterable[str]] = None) -> Constraint:
     """One skill call over the scene's names, or `done`."""
-    return Constraint("grammar", "step", grammar='root ::= call | "done"\n' + skill_call_rules(objects, zones))
+    return Constraint("grammar", "step", grammar='root ::= call | "done"\n'
+                      + skill_call_rules(objects, zones, graspable=graspable))
 
 
 def option_constraint(n_options: int) -> Constraint:
@@ -123,7 +141,13 @@ def verdict_constraint(max_feedback_chars: int = 200) -> Constraint:
     return Constraint("grammar", "verdict", grammar=g)
 
 
-def subgoal_constraint(objects: Iterable[str], zones: Iterable[str], max_calls: int = 3) -> Constraint:
+def note_constraint(max_chars: int = 240) -> Constraint:
+    """One line of free text, at most max_chars characters (CLEA's observer and memory summaries)."""
+    return Constraint("grammar", "note", grammar='root ::= [^\\n]{1,%d}\n' % int(max_chars))
+
+
+def subgoal_constraint(objects: Iterable[str], zones: Iterable[str], max_calls: int = 3,
+                       graspable: Optional[Iterable[str]] = None) -> Constraint:
     """CLEA's planner reply as JSON: {"subgoal": text, "actions": [1..max_calls skill calls]}."""
     schema = {
         "type": "object",
@@ -136,7 +160,7 @@ def subgoal_constraint(objects: Iterable[str], zones: Iterable[str], max_calls: 
         "additionalProperties": False,
     }
     # the GBNF form names the scene's skill calls inside the JSON strings, which a schema cannot
-    rules = skill_call_rules(objects, zones)
+    rules = skill_call_rules(objects, zones, graspable=graspable)
     more = " ".join(['("," ws "\\"" call "\\"")?'] * (max(1, int(max_calls)) - 1))
     g = ('root ::= "{" ws "\\"subgoal\\":" ws "\\"" text "\\"," ws "\\"actions\\":" ws "[" ws "\\"" call "\\"" '
          + more + ' ws "]" ws "}"\n'
@@ -146,4 +170,4 @@ def subgoal_constraint(objects: Iterable[str], zones: Iterable[str], max_calls: 
 
 
 __all__ = ["Constraint", "KINDS", "CONSTRAIN_MODES", "plan_constraint", "step_constraint", "option_constraint",
-           "verdict_constraint", "subgoal_constraint", "skill_call_rules"]
+           "verdict_constraint", "subgoal_constraint", "note_constraint", "skill_call_rules", "HELD_FIRST"]

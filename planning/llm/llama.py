@@ -10,14 +10,22 @@ xgrammar for constraints.)
 n completions are n sampling passes with seeds `seed, seed + 1, ...`; usage is the model's own token
 counts: `prompt_tokens` counts the prompt once, `prompt_tokens_sent` once per pass. A chat model gets
 its chat template; a base model (Gemma 3 270M) gets the messages as plain text and completes it.
+
+`score_options` reads the model's next-token distribution directly: the prompt (rendered exactly as
+a chat completion renders it) is evaluated once, reusing the KV cache of a shared prefix, and the
+last position's logits are read from the llama.cpp context (llama-cpp-python's own `logprobs` needs
+`logits_all=True`, which keeps logits for every prompt position and slows every call).
 """
 from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import threading
 from typing import Optional
+
+import numpy as np
 
 from taskweave.planning.llm import LLMClient, LLMConfigError, LLMError, LLMResponse, register_llm_backend
 from taskweave.planning.llm.models import DEFAULT_MODEL, resolve_model
@@ -60,6 +68,7 @@ class LlamaClient(LLMClient):
     """A GGUF model loaded in-process with llama.cpp."""
 
     constraint_kinds = frozenset({"grammar", "json_schema", "choice"})
+    supports_scoring = True
 
     def __init__(self, model: str = DEFAULT_MODEL, *, n_ctx: int = DEFAULT_CTX, n_threads: Optional[int] = None,
                  seed: int = 0, meter=None, verbose: bool = False):
@@ -112,6 +121,66 @@ class LlamaClient(LLMClient):
         return LLMResponse(texts=texts, prompt_tokens=prompt_tokens, completion_tokens=completion, model=self.model,
                            truncated=any(r == "length" for r in reasons), finish_reasons=reasons, requests=n,
                            constrained=kind, prompt_tokens_sent=sent)
+
+    # ---- scoring -----------------------------------------------------------------------------
+    def _prompt_tokens(self, messages) -> list:
+        """The prompt tokens exactly as a completion of these messages sees them."""
+        if not self.info.chat:
+            return self.llm.tokenize(base_prompt(messages).encode("utf-8"), add_bos=True, special=False)
+        fmt = getattr(self, "_formatter", None)
+        if fmt is None:
+            from llama_cpp import llama_chat_format
+            template = self.llm.metadata.get("tokenizer.chat_template")
+            if not template:
+                raise LLMError(f"{self.info.name} has no chat template in its GGUF metadata")
+            eos, bos = self.llm.token_eos(), self.llm.token_bos()
+            text = self.llm._model.token_get_text
+            fmt = self._formatter = llama_chat_format.Jinja2ChatFormatter(
+                template=template, eos_token=text(eos) if eos != -1 else "", bos_token=text(bos) if bos != -1 else "",
+                stop_token_ids=[eos])
+        result = fmt(messages=list(messages))
+        return self.llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
+
+    def _option_tokens(self, option: str) -> list:
+        """The token ids that spell the option as one token (bare, and after a space)."""
+        ids = []
+        for form in (option, " " + option):
+            toks = self.llm.tokenize(form.encode("utf-8"), add_bos=False, special=False)
+            if len(toks) == 1 and toks[0] not in ids:
+                ids.append(toks[0])
+        if not ids:
+            raise LLMError(f"option {option!r} is not a single token for {self.info.name}; it cannot be scored")
+        return ids
+
+    def _score(self, messages, options, tag) -> LLMResponse:
+        with self._lock:
+            tokens = self._prompt_tokens(messages)
+            if len(tokens) >= self.n_ctx:
+                raise LLMError(f"llama.cpp ({self.info.name}): a {tag or 'request'} prompt of {len(tokens)} tokens "
+                               f"does not fit the context window of {self.n_ctx}")
+            option_ids = {o: self._option_tokens(o) for o in options}
+            llm = self.llm
+            # reuse the cached prefix, always re-evaluating at least the last token (its logits are read)
+            prev = llm.input_ids[:llm.n_tokens].tolist()
+            keep = 0
+            for a, b in zip(prev, tokens):
+                if a != b:
+                    break
+                keep += 1
+            keep = min(keep, len(tokens) - 1)
+            llm.n_tokens = keep
+            llm.eval(tokens[keep:])
+            logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).astype(np.float64)
+        top = logits.max()
+        log_z = top + math.log(float(np.exp(logits - top).sum()))
+        logprobs = {}
+        for o, ids in option_ids.items():
+            vals = logits[ids] - log_z
+            m = vals.max()
+            logprobs[o] = float(m + math.log(float(np.exp(vals - m).sum())))
+        best = max(options, key=lambda o: logprobs[o])
+        return LLMResponse(texts=[best], prompt_tokens=len(tokens), completion_tokens=0, model=self.model,
+                           finish_reasons=["scored"], requests=1, constrained="choice", logprobs=logprobs)
 
     def close(self) -> None:
         """Free the model."""

@@ -133,6 +133,30 @@ class ReplayClient(LLMClient):
         self._append(req, resp, tag)
         return resp
 
+    @property
+    def supports_scoring(self) -> bool:
+        """Scores replay from the file; new ones need an inner client that can score."""
+        return self.mode == "replay" or (self.inner is not None and self.inner.supports_scoring)
+
+    def _score(self, messages, options, tag) -> LLMResponse:
+        req = {"model": self.model or "", "messages": [dict(m) for m in messages], "score": list(options)}
+        if self.mode != "record":
+            with self._lock:
+                found = self._lookup(req)
+                if found is not None:
+                    resp = LLMResponse.from_dict(self._records[found[0]][-1])
+                    self.hits += 1
+                    resp.cached, resp.requests, resp.latency_s = True, 0, 0.0
+                    return resp
+            if self.mode == "replay":
+                self.misses += 1
+                raise LLMError(f"replay miss: no recorded option scores with key {request_key(req)} in {self.path} "
+                               f"(tag {tag!r}); record it with mode='record' or 'auto'")
+        self.misses += 1
+        resp = self.inner.score_options(messages, options, tag=tag)
+        self._append(req, resp, tag)
+        return resp
+
     def _append(self, req: dict, resp: LLMResponse, tag: str) -> None:
         key = request_key(req)
         saved = resp.to_dict()

@@ -1,8 +1,11 @@
 """The multitask diffusion policy, laid out like LeRobot's `policies/diffusion/`.
 
 - `configuration`: `DiffusionConfig` (validated dataclass, JSON round trip), `ConfigError`
-- `modeling`: `DiffusionPolicy` (FiLM-conditioned 1-D U-Net, state/RGB encoders, samplers)
-- `normalize`: `MinMaxNormalizer`; `text_encoder`: skill-text embeddings (builtin or sentence-transformers)
+- `configuration`: also `robot_config` (the robot-input policy) and `policy_inputs` (inputs, privileged or not)
+- `modeling`: `DiffusionPolicy` (FiLM-conditioned 1-D U-Net, state/RGB encoders, samplers, done head),
+  `done_targets`; `vision`: ResNet-18 (GroupNorm) + spatial-softmax camera encoders
+- `normalize`: `MinMaxNormalizer`; `text_encoder`: skill-text embeddings (all-MiniLM-L6-v2, the hashing
+  encoder of the privileged baseline, or a local sentence-transformers folder)
 - `checkpoint`: save, load, verify and export checkpoints, `CheckpointError`
 
 One way in for every caller: `make_policy(config, skills, tasks, stats)` builds a new policy (train,
@@ -16,8 +19,9 @@ from typing import Any, Optional, Sequence
 
 # public name -> submodule that defines it (imported on first attribute access)
 _EXPORTS = {
-    "DiffusionConfig": "configuration", "ConfigError": "configuration",
-    "DiffusionPolicy": "modeling",
+    "DiffusionConfig": "configuration", "ConfigError": "configuration", "robot_config": "configuration",
+    "policy_inputs": "configuration",
+    "DiffusionPolicy": "modeling", "done_targets": "modeling", "VisionEncoder": "vision",
     "MinMaxNormalizer": "normalize",
     "make_text_encoder": "text_encoder", "TextEncoderError": "text_encoder",
     "load_policy": "checkpoint", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
@@ -39,6 +43,11 @@ def make_policy(config, skills: Sequence[str] = (), tasks: Sequence[str] = (), s
         table = encoder.encode(list(skills))
     policy = DiffusionPolicy(config, table, stats)
     policy.skills, policy.tasks, policy.step = list(skills), list(tasks), 0
+    from .configuration import policy_inputs
+    from .text_encoder import encoder_identity
+    inputs = policy_inputs(config)
+    policy.policy_inputs, policy.privileged = inputs["policy_inputs"], inputs["privileged"]
+    policy.text_encoder_identity = encoder_identity(config.text_encoder, config.text_embed_dim)
     return policy.to(select_device(device))
 
 

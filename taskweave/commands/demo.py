@@ -1,10 +1,14 @@
-"""`taskweave demo`: the offline end-to-end demo (instruction -> TreePlanner -> controller -> video + trace)."""
+"""`taskweave demo`: the offline end-to-end demo (instruction -> TreePlanner -> controller -> video + trace).
+
+Exit code: 0 the episode succeeded, 1 it failed, 2 bad input, 3 it could not complete (LLM or executor)."""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 
+from taskweave.commands.common import (add_llm_arguments, check_output_dir, episode_exit_code, llm_kwargs,
+                                       nonblank_text, seed_int)
 from taskweave.commands.plan import DEFAULT_LLM, LLM_HELP, describe_llm
 from taskweave.planning.llm.constraints import CONSTRAIN_MODES
 from taskweave.sim.backend import BACKENDS
@@ -19,12 +23,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of `taskweave demo`."""
     p.add_argument("--task", default="BlockInBowl")
     p.add_argument("--backend", default="mujoco", choices=BACKENDS)
-    p.add_argument("--seed", type=int, default=20_000_000, help="default: the first held-out test seed")
+    p.add_argument("--seed", type=seed_int, default=20_000_000, help="default: the first held-out test seed")
     p.add_argument("--planner", default="tree", choices=("tree", "clea", "iterative", "openloop"))
     p.add_argument("--checkpoint", default=None, help="policy checkpoint (default: the shipped small policy)")
     p.add_argument("--scripted", action="store_true", help="use the scripted skills even if a policy is present")
-    p.add_argument("--instruction", default=None, help="override the task's instruction")
-    p.add_argument("--llm", default=DEFAULT_LLM, help=f"{LLM_HELP} (default: {DEFAULT_LLM}, embedded, no network)")
+    p.add_argument("--instruction", type=nonblank_text, default=None, help="override the task's instruction")
+    add_llm_arguments(p, DEFAULT_LLM, f"{LLM_HELP} (default: {DEFAULT_LLM}, embedded, no network)")
     p.add_argument("--constrain", default="grammar", choices=CONSTRAIN_MODES,
                    help="constrain replies to the scene's skill grammar where the backend can (default grammar)")
     p.add_argument("--out", default="out/demo", help="folder for demo.mp4 and trace.json")
@@ -41,6 +45,8 @@ def run(args) -> int:
     ckpt = "" if args.scripted else (args.checkpoint or shipped_checkpoint())
     if args.checkpoint and not os.path.exists(args.checkpoint):
         raise UserError(f"checkpoint not found: {args.checkpoint}")
+    llm_options = llm_kwargs(args)
+    check_output_dir(args.out)   # before the episode, not after it
     frames: list = []
     events: list = []
 
@@ -58,7 +64,7 @@ def run(args) -> int:
           f"({describe_llm(args.llm)}), controller: {controller}", flush=True)
     rec = run_episode(args.task, planner=args.planner, llm_spec=args.llm, backend=args.backend, seed=args.seed,
                       executor_factory=factory, instruction=args.instruction, trace=trace,
-                      planner_kwargs={"constrain": args.constrain})
+                      planner_kwargs={"constrain": args.constrain}, llm_kwargs=llm_options)
     os.makedirs(args.out, exist_ok=True)
     video = write_video(os.path.join(args.out, "demo.mp4"), frames) if frames else None
     record = rec.to_dict()
@@ -69,4 +75,4 @@ def run(args) -> int:
     print(f"instruction: {rec.instruction!r}")
     print(f"{'success' if rec.success else 'failure'}; {len(rec.steps)} skills, {rec.corrections} corrections, "
           f"{rec.llm_calls} LLM calls; video {video}; trace {os.path.join(args.out, 'trace.json')}", file=sys.stdout)
-    return 0  # the demo ran; whether the episode succeeded is part of its printed result
+    return episode_exit_code(rec)   # 0 success, 1 the task failed, 3 the run could not complete

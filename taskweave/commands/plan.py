@@ -1,4 +1,7 @@
-"""`taskweave plan`: run one planner episode on a task, with a per-step trace and a summary."""
+"""`taskweave plan`: run one planner episode on a task, with a per-step trace and a summary.
+
+Exit code (with --json too; the record is printed either way): 0 the episode succeeded, 1 it failed, 2 bad
+input, 3 it could not complete (an LLM request or the executor failed: the record's `incomplete`)."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +9,8 @@ import os
 import sys
 from typing import Optional
 
+from taskweave.commands.common import (add_llm_arguments, check_output_file, episode_exit_code, llm_kwargs,
+                                       nonblank_text, positive_int, seed_int)
 from taskweave.planning.episode import EpisodeRecord, run_episode
 from taskweave.planning.llm.constraints import CONSTRAIN_MODES
 from taskweave.planning.registry import PLANNERS
@@ -31,31 +36,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `taskweave plan`."""
     parser.add_argument("--task", required=True, help="task name (see `taskweave tasks`)")
     parser.add_argument("--planner", default="tree", choices=PLANNERS)
-    parser.add_argument("--llm", default=DEFAULT_LLM, help=f"{LLM_HELP} (default: {DEFAULT_LLM})")
-    parser.add_argument("--llm-base-url", default=None, metavar="URL",
-                        help="openai:MODEL: the server's base URL, e.g. http://127.0.0.1:8000/v1 "
-                             "(default: $TASKWEAVE_LLM_BASE_URL, $OPENAI_BASE_URL, else api.openai.com)")
-    parser.add_argument("--llm-timeout", type=float, default=None, metavar="SECONDS",
-                        help="openai:MODEL: base seconds per HTTP attempt, plus a share per requested token "
-                             "(n x max_tokens; default 30)")
+    add_llm_arguments(parser, DEFAULT_LLM, f"{LLM_HELP} (default: {DEFAULT_LLM})")
     parser.add_argument("--constrain", default="grammar", choices=CONSTRAIN_MODES,
                         help="grammar: constrain every reply (plans, options, verdicts, JSON) where the backend can; "
                              "none: free decoding")
     parser.add_argument("--executor", default="scripted", help="scripted | policy:CKPT")
     parser.add_argument("--perturb", default="", help="e.g. move:$goal0@1,knock@3,grasp_fail:1.0@0")
-    parser.add_argument("--instruction", default=None, help="override the task's instruction")
+    parser.add_argument("--instruction", type=nonblank_text, default=None, help="override the task's instruction")
     parser.add_argument("--backend", default="mujoco", help="physics engine: mujoco | pybullet")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_int, default=0)
     parser.add_argument("--json", action="store_true", help="print the episode record as JSON (trace to stderr)")
     parser.add_argument("--out", default=None, help="also write the episode record as JSON to this file")
-    parser.add_argument("--samples", type=int, default=None, help="tree: plans sampled (default 50)")
-    parser.add_argument("--votes", type=int, default=None, help="tree: votes per decision (default 20); "
+    parser.add_argument("--samples", type=positive_int, default=None, help="tree: plans sampled (default 50)")
+    parser.add_argument("--votes", type=positive_int, default=None, help="tree: votes per decision (default 20); "
                                                                 "clea: critic votes (default 5)")
     parser.add_argument("--threshold", type=float, default=None, help="clea: critic threshold tau (default 0.5)")
     parser.add_argument("--backtrack", default=None, choices=("physical", "restore"),
                         help="tree: physical (default; no simulator undo, the next choice is grounded on the real "
                              "state) or restore (privileged simulator undo, counted in the record)")
-    parser.add_argument("--max-steps", type=int, default=None, help="skill budget (default 40)")
+    parser.add_argument("--decide", default=None, choices=("votes", "logprobs", "auto"),
+                        help="tree: decide branch points by k sampled votes (default), by the option letters' "
+                             "log-probabilities in one forward pass (llama backend), or auto")
+    parser.add_argument("--max-steps", type=positive_int, default=None, help="skill budget (default 40)")
 
 
 def _planner_kwargs(args) -> dict:
@@ -69,6 +71,8 @@ def _planner_kwargs(args) -> dict:
             kw["n_votes"] = args.votes
         if getattr(args, "backtrack", None) is not None:
             kw["backtrack"] = args.backtrack
+        if getattr(args, "decide", None) is not None:
+            kw["decide"] = args.decide
     if args.planner == "clea":
         if args.votes is not None:
             kw["critic_votes"] = args.votes
@@ -77,18 +81,7 @@ def _planner_kwargs(args) -> dict:
     return kw
 
 
-def _llm_kwargs(args) -> dict:
-    """Client options from --llm-base-url / --llm-timeout (openai:MODEL specs only)."""
-    kw = {}
-    if getattr(args, "llm_base_url", None):
-        kw["base_url"] = args.llm_base_url
-    if getattr(args, "llm_timeout", None) is not None:
-        if not args.llm_timeout > 0:
-            raise UserError(f"--llm-timeout must be a positive number of seconds, got {args.llm_timeout:g}")
-        kw["timeout"] = args.llm_timeout
-    if kw and (args.llm or "").split(":", 1)[0] != "openai":
-        raise UserError("--llm-base-url and --llm-timeout apply to --llm openai:MODEL only")
-    return kw
+_llm_kwargs = llm_kwargs   # (the name tests and older callers use)
 
 
 def format_event(ev: dict) -> Optional[str]:
@@ -145,6 +138,9 @@ def executor_factory(spec: str):
 def run(args) -> int:
     """Run `taskweave plan`: one episode with a per-step trace and a summary (the record as JSON with --json)."""
     factory = executor_factory(args.executor)
+    llm_options = llm_kwargs(args)
+    if args.out:
+        check_output_file(args.out)   # before the episode, not after it
     out = sys.stderr if args.json else sys.stdout
 
     def trace(ev):
@@ -158,7 +154,7 @@ def run(args) -> int:
           + (f", perturbations {args.perturb}" if args.perturb else ""), file=out)
     rec = run_episode(args.task, args.planner, llm_spec=args.llm, backend=args.backend, seed=args.seed,
                       perturb=args.perturb, executor_factory=factory, instruction=args.instruction, trace=trace,
-                      planner_kwargs=_planner_kwargs(args), llm_kwargs=_llm_kwargs(args))
+                      planner_kwargs=_planner_kwargs(args), llm_kwargs=llm_options)
     if args.out:
         atomic_write_text(args.out, rec.to_json(indent=2))
     if args.json:
@@ -166,4 +162,4 @@ def run(args) -> int:
     else:
         for line in summary_lines(rec):
             print(line)
-    return 0
+    return episode_exit_code(rec)   # 0 success, 1 the task failed, 3 the run could not complete (LLM, executor)

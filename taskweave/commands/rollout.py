@@ -1,4 +1,6 @@
-"""`taskweave rollout`: run the oracle on a task for N episodes, print the success rate."""
+"""`taskweave rollout`: run the oracle on a task for N episodes, print the success rate.
+
+Exit code: 0 every episode succeeded, 1 at least one failed, 2 bad input, 3 the run could not complete."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +10,7 @@ import time
 
 from tqdm import tqdm
 
+from taskweave.commands.common import EXIT_FAILED, EXIT_OK, check_output_file, positive_int, seed_int
 from taskweave.envs import make_env
 from taskweave.envs.oracle import run_oracle_episode
 from taskweave.sim.backend import BACKENDS
@@ -21,16 +24,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of `taskweave rollout`."""
     p.add_argument("--task", required=True, help="task name (see `taskweave tasks`)")
     p.add_argument("--backend", default="mujoco", choices=BACKENDS)
-    p.add_argument("--episodes", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0, help="first seed; episode i uses seed + i")
+    p.add_argument("--episodes", type=positive_int, default=10)
+    p.add_argument("--seed", type=seed_int, default=0, help="first seed; episode i uses seed + i")
     p.add_argument("--video", default=None, help="write the first episode as a video (mp4 or gif)")
     p.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
 
 
 def run(args) -> int:
-    """Run oracle episodes with a progress bar; print text or JSON; exit 0."""
+    """Run oracle episodes with a progress bar; print text or JSON; exit 0 when every episode succeeded, else 1."""
     if args.episodes < 1:
         raise UserError("--episodes must be at least 1")
+    if args.video:
+        check_output_file(args.video, "--video")   # before the episodes, not after them
     env = make_env(args.task, args.backend, control="skill")
     frames = []
     results = []
@@ -63,4 +68,4 @@ def run(args) -> int:
             print(f"seed {r['seed']:>4}  {status} progress {r['progress']:.2f}  skills {len(r['skills'])}{why}")
         print(f"success rate {summary['success_rate']:.1%} ({n_ok}/{len(results)}) on {args.task} [{args.backend}]"
               + (f"; video: {args.video}" if args.video else ""))
-    return 0
+    return EXIT_OK if n_ok == len(results) else EXIT_FAILED   # a failed episode: the task failed
