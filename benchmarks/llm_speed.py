@@ -5,9 +5,9 @@
 Per model: load time; prompt evaluation tokens/s (a fresh prompt, one generated token); free
 generation tokens/s (greedy, 64 tokens); Tree-Planner's N-plan sampling call on the BlockInBowl
 scene's real `tree_sample` prompt under the scene's plan grammar (wall time, plans, tokens/s, valid
-plans); one deciding step by k sampled votes under the option-letter grammar. Deciding by one
-logprob call over the letters is not implemented yet (the backend has no logprob path), so only votes
-are timed. Prints the CPU and the thread count; all figures are wall clock on this machine as it is
+plans); one deciding step by k sampled votes under the option-letter grammar, and the same step by
+one forward pass reading the option letters' log-probabilities (`score_options`, Tree-Planner's
+`--decide logprobs`), with whether the two agree on the letter. Prints the CPU and the thread count; all figures are wall clock on this machine as it is
 (other load slows llama.cpp's spinning threads a lot: run it on a quiet machine).
 """
 from __future__ import annotations
@@ -70,6 +70,11 @@ def measure(model: str, samples: int, votes: int) -> dict:
         t = time.perf_counter()
         v = llm.complete(decide, n=votes, temperature=0.7, max_tokens=2, constraint=option_constraint(n_opt))
         vote_s = time.perf_counter() - t
+        letters = [chr(ord("A") + i) for i in range(n_opt)]
+        llm.complete(sample, max_tokens=1)      # another prompt in the KV cache, as in a planner between decisions
+        t = time.perf_counter()
+        sc = llm.score_options(decide, letters)
+        score_s = time.perf_counter() - t
     finally:
         llm.close()
     return {"model": model, "load_s": round(load_s, 2), "prompt_tokens_per_s": round(prompt_tps, 1),
@@ -78,7 +83,9 @@ def measure(model: str, samples: int, votes: int) -> dict:
                 "completion_tokens": plan_tokens, "tokens_per_s": round(plan_tokens / sample_s, 1),
                 "valid_plans": valid},
             "decide_votes": {"k": votes, "wall_s": round(vote_s, 2), "letters": sorted(set(v.texts))},
-            "decide_logprobs": None}
+            "decide_logprobs": {"wall_s": round(score_s, 3), "letter": sc.text, "prompt_tokens": sc.prompt_tokens,
+                                "logprobs": {k: round(x, 3) for k, x in sc.logprobs.items()},
+                                "agrees_with_votes": max(sorted(set(v.texts)), key=v.texts.count) == sc.text}}
 
 
 def main(argv=None) -> int:
@@ -102,13 +109,14 @@ def main(argv=None) -> int:
         return 0
     print(f"CPU: {out['cpu']} ({out['cores']} cores, llama.cpp threads {threads})")
     print("| model | load s | prompt tok/s | generation tok/s | N-plan sampling (wall s, tok/s, valid) | "
-          "k-vote decide (wall s) |")
-    print("|---|---|---|---|---|---|")
+          "k-vote decide (wall s) | logprob decide (wall s, agrees with the vote) |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         s, d = r["sampling"], r["decide_votes"]
         print(f"| {r['model']} | {r['load_s']} | {r['prompt_tokens_per_s']} | {r['generation_tokens_per_s']} | "
               f"N={s['n']}: {s['wall_s']} s, {s['tokens_per_s']} tok/s, {s['valid_plans']}/{s['n']} valid | "
-              f"k={d['k']}: {d['wall_s']} s |")
+              f"k={d['k']}: {d['wall_s']} s | {r['decide_logprobs']['wall_s']} s, "
+              f"{'yes' if r['decide_logprobs']['agrees_with_votes'] else 'no'} |")
     return 0
 
 

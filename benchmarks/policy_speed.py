@@ -1,13 +1,16 @@
 """Diffusion-policy speed: latency per action chunk (DDIM-10 and DDPM-100, batch 1 and 64) and training samples/s.
 
     python benchmarks/policy_speed.py [--device auto|cpu|cuda[:N]] [--json] [--config FILE] [--obs-mode state|rgb]
+                                      [--onnx auto|on|off]
 
 Without --config the model is the default state config on CUDA and a smaller one (down_dims
 64/128/256) on CPU so that a CPU run stays near two minutes; --preset full measures the real one.
 Latency covers predict_action_chunk (observation encoding + all denoising steps + unnormalising),
 after a warm-up call per batch size; median and p90 over repeats (fewer when a cell exceeds
 --budget-s; the count is reported). Training samples/s covers forward, backward, AdamW and EMA on
-a synthetic batch already on the device (no data loading).
+a synthetic batch already on the device (no data loading). On CPU, with onnx and onnxruntime installed
+(the `interop` extra), the same policy is exported as the unrolled DDIM graph of `taskweave export-policy`
+and onnxruntime's latency (same thread count) is printed beside torch's, with the torch/onnxruntime ratio.
 """
 from __future__ import annotations
 
@@ -102,6 +105,36 @@ def bench_latency(policy: DiffusionPolicy, batch_sizes, samplers, device, repeat
     return rows
 
 
+def bench_onnxruntime(policy: DiffusionPolicy, batch_sizes, steps: int, repeats: int, budget_s: float,
+                      threads: int) -> list[dict]:
+    """Latency rows of the policy's unrolled DDIM-steps ONNX graph under onnxruntime (CPU), per batch size."""
+    import tempfile
+
+    from taskweave.policies.interop.onnx_export import example_inputs, export_sampler, session
+
+    cpu = torch.device("cpu")
+    policy = policy.to(cpu).eval()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "policy.onnx")
+        export_sampler(policy, path, steps)
+        sess = session(path, threads)
+        for b in batch_sizes:
+            feeds = {k: v.numpy() for k, v in example_inputs(policy, b).items()}
+            feeds["noise"] = torch.randn(b, policy.config.pred_horizon, policy.config.action_dim).numpy()
+            sess.run(None, feeds)  # warm-up
+            ts = timed(lambda: sess.run(None, feeds), cpu, repeats, budget_s)
+            rows.append({"batch": b, "sampler": f"DDIM-{steps}", "runtime": "onnxruntime", "n": len(ts),
+                         "median_ms": 1e3 * statistics.median(ts), "p90_ms": 1e3 * p90(ts),
+                         "per_sample_ms": 1e3 * statistics.median(ts) / b})
+    return rows
+
+
+def _onnx_available() -> bool:
+    import importlib.util
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+
+
 def bench_training(policy: DiffusionPolicy, batch_size: int, steps: int, device, amp) -> dict:
     """Training throughput on a fixed synthetic batch."""
     cfg = policy.config
@@ -144,6 +177,8 @@ def main(argv=None) -> int:
     ap.add_argument("--train-steps", type=int, help="timed training steps (default 20 on CUDA, 3 on CPU)")
     ap.add_argument("--threads", type=int, help="torch CPU threads")
     ap.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    ap.add_argument("--onnx", default="auto", choices=("auto", "on", "off"),
+                    help="also time onnxruntime on the exported DDIM graph (auto: on CPU when onnxruntime is installed)")
     args = ap.parse_args(argv)
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # before we add our own load
@@ -176,6 +211,10 @@ def main(argv=None) -> int:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
 
     lat = bench_latency(policy, batch_sizes, samplers, dev, repeats, args.budget_s, amp)
+    use_onnx = args.onnx == "on" or (args.onnx == "auto" and not cuda and _onnx_available())
+    ort_rows = (bench_onnxruntime(policy, batch_sizes, cfg.num_inference_steps, repeats, args.budget_s,
+                                  torch.get_num_threads()) if use_onnx else [])
+    policy.to(dev)
     tr = bench_training(policy, args.train_batch, train_steps, dev, amp)
     by = {(r["batch"], r["sampler"]): r for r in lat}
     ddim, ddpm = f"DDIM-{cfg.num_inference_steps}", f"DDPM-{cfg.num_train_timesteps}"
@@ -188,12 +227,17 @@ def main(argv=None) -> int:
         for s in (ddim, ddpm):
             ratios[f"{s} per-sample speed-up, batch {hi} vs {lo}"] = (
                 by[(lo, s)]["per_sample_ms"] / by[(hi, s)]["per_sample_ms"])
+    for r in ort_rows:
+        if (r["batch"], ddim) in by:
+            ratios[f"torch/onnxruntime {ddim} latency, batch {r['batch']}"] = (
+                by[(r["batch"], ddim)]["median_ms"] / r["median_ms"])
     if (1, ddim) in by:
         ratios[f"{ddim} batch-1 latency / 0.1 s (RTX 3080, Chi et al.)"] = (
             by[(1, ddim)]["median_ms"] / 1e3 / REFERENCE_DDIM10_S)
     report = {"device": device_name(dev), "device_type": dev.type, "torch": torch.__version__,
               "load_avg_1m": load, "preset": preset, "threads": torch.get_num_threads(), "obs_mode": cfg.obs_mode,
-              "down_dims": list(cfg.down_dims), "params_m": n_params / 1e6, "amp_bf16": amp, "latency": lat, "training": tr, "ratios": ratios}
+              "down_dims": list(cfg.down_dims), "params_m": n_params / 1e6, "amp_bf16": amp, "latency": lat, "onnxruntime_latency": ort_rows, "training": tr,
+              "ratios": ratios}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -205,10 +249,10 @@ def main(argv=None) -> int:
               f"contended{hint}")
     print(f"model ({preset}): obs_mode={cfg.obs_mode}, down_dims={list(cfg.down_dims)}, {n_params / 1e6:.1f} M params, "
           f"state_dim={cfg.state_dim}, horizons obs/pred/act={cfg.obs_horizon}/{cfg.pred_horizon}/{cfg.action_horizon}")
-    print(f"{'batch':>5} {'sampler':>9} {'n':>3} {'median ms':>10} {'p90 ms':>10} {'ms/sample':>10}")
-    for r in lat:
-        print(f"{r['batch']:>5} {r['sampler']:>9} {r['n']:>3} {r['median_ms']:>10.1f} {r['p90_ms']:>10.1f} "
-              f"{r['per_sample_ms']:>10.2f}")
+    print(f"{'batch':>5} {'sampler':>9} {'runtime':>11} {'n':>3} {'median ms':>10} {'p90 ms':>10} {'ms/sample':>10}")
+    for r in lat + ort_rows:
+        print(f"{r['batch']:>5} {r['sampler']:>9} {r.get('runtime', 'torch'):>11} {r['n']:>3} {r['median_ms']:>10.1f} "
+              f"{r['p90_ms']:>10.1f} {r['per_sample_ms']:>10.2f}")
     print(f"training: batch {tr['batch']}, {tr['steps']} steps, {tr['median_step_ms']:.0f} ms/step, "
           f"{tr['samples_per_s']:.1f} samples/s")
     for k, v in ratios.items():

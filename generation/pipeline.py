@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from taskweave.generation import prompts as gp
+from taskweave.generation.spec import TASK_SPEC_SCHEMA, TaskSpecError, parse_task_spec, render_task_module
 from taskweave.generation.library import NAME_RE, TaskLibrary, builtin_records, diversity, find_duplicate
 from taskweave.generation.stats import STAGES, GenerationStats
 from taskweave.generation.validate import BACKENDS, ValidationReport, validate_source
@@ -31,6 +32,9 @@ from taskweave.planning.llm.constraints import Constraint
 from taskweave.sim.fileio import atomic_write_json, atomic_write_text
 
 TEMPERATURES = {"propose": 0.8, "reference": 0.0, "implement": 0.0, "repair": 0.0, "reflect": 0.4}
+# reply budgets (tokens) per stage: a module needs room, a spec less, a vote little
+MAX_TOKENS = {"propose": 512, "reference": 128, "implement": 1536, "repair": 1536, "reflect": 256, "spec": 768}
+IMPLEMENT_FORMATS = ("code", "spec")   # implement stage: a Python module, or a JSON task spec (data, no code)
 
 
 class GenerationSettingError(UserError, ValueError):
@@ -51,6 +55,9 @@ class Candidate:
     votes: list = field(default_factory=list)
     name: str = ""
     hashes: dict = field(default_factory=dict)       # stage -> hash of the prompt text sent
+    last_spec: str = ""                               # --implement spec: the latest JSON task spec (or reply)
+    spec_error: str = ""                              # why the latest spec reply broke the format ("" if it did not)
+    truncated: list = field(default_factory=list)     # stages whose reply stopped at its token budget
 
 
 class GenerationPipeline:
@@ -58,9 +65,13 @@ class GenerationPipeline:
 
     def __init__(self, llm, library: TaskLibrary, out_dir: str, mode: str = "explore", target: str = "",
                  seeds: int = 4, max_repairs: int = 2, reflect_votes: int = 2, backends=BACKENDS,
-                 llm_name: str = "", temperatures: Optional[dict] = None, progress: bool = True, log=print) -> None:
+                 llm_name: str = "", temperatures: Optional[dict] = None, progress: bool = True, log=print,
+                 implement: str = "code") -> None:
         if mode not in ("explore", "target"):
             raise GenerationSettingError(f"mode must be explore or target, got {mode!r}")
+        if implement not in IMPLEMENT_FORMATS:
+            raise GenerationSettingError(f"implement must be one of {', '.join(IMPLEMENT_FORMATS)}, got {implement!r}")
+        self.implement_format = implement
         self.llm, self.library, self.out_dir, self.mode = llm, library, out_dir, mode
         self.seeds, self.max_repairs, self.reflect_votes = int(seeds), int(max_repairs), int(reflect_votes)
         self.backends, self.progress, self.log = tuple(backends), progress, log
@@ -96,13 +107,16 @@ class GenerationPipeline:
         return ""
 
     # ---- LLM calls ----------------------------------------------------------------------------------
-    def _ask(self, stage: str, user: str, cand: Optional[Candidate] = None, n: int = 1, schema=None) -> list:
+    def _ask(self, stage: str, user: str, cand: Optional[Candidate] = None, n: int = 1, schema=None,
+             max_tokens: Optional[int] = None) -> list:
         """One LLM call of a stage; schema: the JSON schema its reply must follow (where the backend can enforce it;
         code stages are free text, checked by validation and run only in the sandbox)."""
         msgs = gp.messages(user)
         constraint = Constraint("json_schema", stage, schema=schema) if schema is not None else None
         resp = self.llm.complete(msgs, n=n, temperature=self.temps[stage], tag=f"generate.{stage}",
-                                 constraint=constraint)
+                                 constraint=constraint, max_tokens=max_tokens or MAX_TOKENS[stage])
+        if resp.truncated and cand is not None:
+            cand.truncated.append(stage)
         self.stats.usage(stage, resp)
         texts = [str(t) for t in getattr(resp, "texts", [])]
         if cand is not None:
@@ -158,14 +172,46 @@ class GenerationPipeline:
         return [n for n in (names if isinstance(names, list) else []) if isinstance(n, str) and n in known][:k]
 
     def implement(self, cand: Candidate) -> str:
-        """The first draft of the module."""
+        """The first draft of the module (with --implement spec: rendered from the model's JSON task spec)."""
+        if self.implement_format == "spec":
+            user = gp.IMPLEMENT_SPEC.substitute(example=gp.as_json(gp.SPEC_EXAMPLE), proposal=gp.as_json(cand.proposal),
+                                                name=cand.proposal.get("name", "NewTask"))
+            return self._spec_module(cand, self._ask("implement", user, cand, schema=TASK_SPEC_SCHEMA,
+                                                     max_tokens=MAX_TOKENS["spec"]))
         refs = "\n".join(f"# --- {n} ---\n```python\n{self._source_of(n)}```" for n in cand.references) or "(none)"
         user = gp.IMPLEMENT.substitute(api=gp.API, references=refs, proposal=gp.as_json(cand.proposal),
                                        name=cand.proposal.get("name", "NewTask"))
         return gp.extract_code((self._ask("implement", user, cand) or [""])[0])
 
+    def _spec_module(self, cand: Candidate, texts: list) -> str:
+        """The module rendered from a JSON task spec reply; a reply that breaks the format gives "" and sets
+        `cand.spec_error` (validation then rejects it at `parse` with that reason as the repair feedback)."""
+        reply = (texts or [""])[0]
+        try:
+            try:             # a constrained reply is the JSON object itself
+                data = json.loads(reply.strip())
+            except ValueError:
+                data = gp.extract_json(reply)
+            spec = parse_task_spec(data)
+        except (ValueError, TaskSpecError) as e:
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if cand.truncated and cand.truncated[-1] in ("implement", "repair"):
+                why = f"the reply stopped at the {MAX_TOKENS['spec']}-token budget before the JSON ended ({why})"
+            cand.last_spec, cand.spec_error = reply[:4000], why
+            return ""
+        cand.last_spec, cand.spec_error = gp.as_json(spec), ""
+        self._write(cand, f"spec_{len(cand.attempts) + 1}.json", cand.last_spec)
+        return render_task_module(spec)
+
     def repair(self, cand: Candidate, code: str, rep: ValidationReport) -> str:
         """A corrected module, given the previous one and the validation error."""
+        if self.implement_format == "spec":
+            user = gp.REPAIR_SPEC.substitute(proposal=gp.as_json(cand.proposal), attempt=len(cand.attempts),
+                                             spec=getattr(cand, "last_spec", ""), stage=rep.stage,
+                                             error=rep.feedback())
+            self.stats.repairs += 1
+            return self._spec_module(cand, self._ask("repair", user, cand, schema=TASK_SPEC_SCHEMA,
+                                                     max_tokens=MAX_TOKENS["spec"]))
         user = gp.REPAIR.substitute(api=gp.API, proposal=gp.as_json(cand.proposal), attempt=len(cand.attempts),
                                     code=code.rstrip("\n"), stage=rep.stage, error=rep.feedback())
         self.stats.repairs += 1
@@ -206,7 +252,11 @@ class GenerationPipeline:
                 code = self.repair(cand, code, rep)
             fname = f"attempt_{attempt + 1}.py"
             self._write(cand, fname, code)
-            rep = validate_source(code, fname, self.seeds, self.backends)
+            if cand.spec_error:      # --implement spec: the reply was not a valid task spec
+                rep = ValidationReport(file=fname, seeds=list(range(self.seeds)), passed={"parse": False},
+                                       reason=f"task spec: {cand.spec_error}")
+            else:
+                rep = validate_source(code, fname, self.seeds, self.backends)
             self._write(cand, f"attempt_{attempt + 1}.json", json.dumps(rep.to_dict(), indent=1))
             cand.attempts.append({"code_file": fname, "stage": rep.stage, "reason": rep.reason[:500],
                                   "accepted": rep.accepted, "duration_s": rep.duration_s})
@@ -250,6 +300,7 @@ class GenerationPipeline:
                 "call_hashes": dict(cand.hashes, propose=getattr(self, "_propose_prompt_hash", "")),
                 "validation": {b: f"{o['successes']}/{len(o['seeds'])}" for b, o in rep.oracle.items()},
                 "repairs": len(cand.attempts) - 1, "run": self.run_id, "proposal": cand.proposal,
+                "implement": self.implement_format,
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         self.library.save(t["name"], code, meta)
         self._write(cand, "accepted.py", code)
@@ -292,7 +343,7 @@ class GenerationPipeline:
         new = sorted(set(self.library.names()) - before)
         recs = self.library.records(include_builtin=True)
         summary = {"run": self.run_id, "mode": self.mode, "target": (self.target or {}).get("name", ""),
-                   "llm": self.llm_name, "n": n, "seeds": self.seeds, "backends": list(self.backends),
+                   "llm": self.llm_name, "implement": self.implement_format, "n": n, "seeds": self.seeds, "backends": list(self.backends),
                    "max_repairs": self.max_repairs, "reflect_votes": self.reflect_votes,
                    "stats": self.stats.to_dict(), "accepted_tasks": ["Gen_" + x for x in new],
                    "library": self.library.path, "library_size": len(self.library.names()),

@@ -119,6 +119,45 @@ $error
 Fix the module so that it passes (the oracle must succeed on at least 3 of 4 seeds in MuJoCo and in
 PyBullet). Answer with the complete corrected module in one ```python block.""")
 
+IMPLEMENT_SPEC = Template("""### STAGE: implement_spec
+Write the task as a JSON task spec (no code). Objects are blocks (graspable, narrower than the
+gripper) or bowls (open containers, too wide to pick); zones are coloured squares on the table;
+positions are sampled for you on every seed. Goals are predicates over the spec's own names, satisfied
+in list order: on(block, block_or_bowl), inside(block, bowl_or_zone), on_table(block), clear(object).
+Example:
+```json
+$example
+```
+The task to write:
+```json
+$proposal
+```
+Answer with one JSON object: {"name": "$name", "description": "...", "instruction": "...",
+"objects": [{"name": ..., "kind": "block"|"bowl", "color": ...}], "zones": [{"name": ..., "color": ...}],
+"goals": [{"predicate": ..., "args": [...]}]}.""")
+
+REPAIR_SPEC = Template("""### STAGE: repair_spec
+The task to write:
+```json
+$proposal
+```
+Your previous JSON task spec (attempt $attempt):
+```json
+$spec
+```
+It was rejected at the `$stage` stage of validation:
+```text
+$error
+```
+Fix the spec so that it passes (the oracle must succeed on at least 3 of 4 seeds in MuJoCo and in
+PyBullet). Answer with the complete corrected JSON task spec.""")
+
+SPEC_EXAMPLE = {"name": "RedOnBlue", "description": "stack the red block on the blue block",
+                "instruction": "put the red block on the blue block",
+                "objects": [{"name": "red_block", "kind": "block", "color": "red"},
+                            {"name": "blue_block", "kind": "block", "color": "blue"}],
+                "zones": [], "goals": [{"predicate": "on", "args": ["red_block", "blue_block"]}]}
+
 REFLECT = Template("""### STAGE: reflect
 The library already has these tasks:
 ```json
@@ -134,7 +173,8 @@ robot? Answer with one JSON object in a ```json block: {"new": true|false, "usef
 
 TEMPLATES = {"system": SYSTEM, "api": API, "propose_explore": PROPOSE_EXPLORE.template,
              "propose_target": PROPOSE_TARGET.template, "reference": REFERENCE.template,
-             "implement": IMPLEMENT.template, "repair": REPAIR.template, "reflect": REFLECT.template}
+             "implement": IMPLEMENT.template, "repair": REPAIR.template, "reflect": REFLECT.template,
+             "implement_spec": IMPLEMENT_SPEC.template, "repair_spec": REPAIR_SPEC.template}
 
 
 def template_hash(name: str) -> str:

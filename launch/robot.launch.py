@@ -29,7 +29,8 @@ ARGUMENTS = {
     "control_rate": ("10.0", "commands per second"),
     "policy_task": ("", "task conditioning of the policy ('' = from the state JSON)"),
     "planner": ("tree", "tree | clea | iterative | openloop"),
-    "llm": ("openai:gpt-4o-mini", "openai:MODEL | replay:FILE (offline needs a simulated task)"),
+    "llm": ("llama:smollm2-135m", "llama:MODEL (embedded, no network) | openai:MODEL | replay:FILE "
+                                  "(offline needs a simulated task)"),
     "skill_timeout": ("60.0", "seconds a skill may take"),
     "state_topic": ("/taskweave/symbolic_state", "the bridge's state JSON (std_msgs/String)"),
     "ee_command_topic": ("/taskweave/ee_command", "the driver's TCP target input (geometry_msgs/PoseStamped)"),

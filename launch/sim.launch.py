@@ -34,7 +34,7 @@ ARGUMENTS = {
     "checkpoint": ("", "diffusion policy checkpoint ('' = no learned policy)"),
     "device": ("auto", "auto | cpu | cuda"),
     "planner": ("tree", "tree | clea | iterative | openloop"),
-    "llm": ("offline", "offline | openai:MODEL | replay:FILE"),
+    "llm": ("llama:smollm2-135m", "llama:MODEL | openai:MODEL | replay:FILE | offline (symbolic oracle, not an LLM)"),
     "executor": ("scripted", "scripted (sim skills) | policy (the policy node)"),
 }
 

@@ -13,14 +13,17 @@ from typing import Optional
 import numpy as np
 from tqdm import tqdm
 
-from taskweave.envs.observation import policy_state
+from taskweave.envs.observation import PROPRIO_LAYOUT, camera_key, policy_state
 from taskweave.policies.dataset import DatasetError, DatasetWriter
 from taskweave.policies.integrity import remove_partials
+from taskweave.sim.errors import UserError
 from taskweave.sim.locks import FolderLock, worker_pool
 
 # Disjoint seed ranges per split (GenSim keeps train and test seeds apart in the same way).
 SPLIT_SEED_BASE = {"train": 0, "val": 10_000_000, "test": 20_000_000}
 SPLITS = ("train", "val", "test")
+OBS = ("state", "robot")      # --obs: the privileged state (and optional --rgb frames), or what a robot senses
+ROBOT_IMAGE_SIZE = 64         # --image-size of robot frames: the CPU choice (GPU runs may take 96)
 _ENVS: dict = {}
 
 
@@ -30,15 +33,22 @@ def split_seeds(split: str, n: int, attempts_factor: int = 3) -> list:
     return list(range(base, base + max(n * attempts_factor, n + 5)))
 
 
-def record_episode(task: str, backend: str, seed: int, rgb_size: int = 0) -> Optional[dict]:
-    """Run the oracle on one seed, recording every control tick; None unless the episode succeeds."""
+def record_episode(task: str, backend: str, seed: int, rgb_size: int = 0, obs: str = "state",
+                   image_size: int = ROBOT_IMAGE_SIZE) -> Optional[dict]:
+    """Run the oracle on one seed, recording every control tick; None unless the episode succeeds.
+
+    obs "robot" also records what a robot senses (`TaskEnv(obs_mode="robot")`: frames per camera at
+    image_size, proprio) and names each segment's skill by its sentence (`env.skill_sentence`).
+    """
     from taskweave.envs import make_env
 
-    key = (task, backend, rgb_size)
+    robot = obs == "robot"
+    key = (task, backend, rgb_size, obs, image_size)
     env = _ENVS.get(key)
     if env is None:
-        env = _ENVS[key] = make_env(task, backend, control="skill", obs_mode="rgb" if rgb_size else "state",
-                                    image_size=rgb_size or 128)
+        mode = "robot" if robot else "rgb" if rgb_size else "state"
+        env = _ENVS[key] = make_env(task, backend, control="skill", obs_mode=mode,
+                                    image_size=image_size if robot else rgb_size or 128)
     env.reset(seed=seed)
     segs = []  # (call text, states, actions, rgbs, ok)
 
@@ -48,14 +58,14 @@ def record_episode(task: str, backend: str, seed: int, rgb_size: int = 0) -> Opt
             break
         for call in plan:
             states, actions, rgbs = [], [], []
-            text = env.skill_text(call)
+            text = env.skill_sentence(call) if robot else env.skill_text(call)
 
             def rec(obs, action, c):
                 """Record one control tick of the running skill."""
-                states.append(policy_state(obs["robot"], env.skill_features(c)))
+                states.append(env.policy_state(c) if robot else policy_state(obs["robot"], env.skill_features(c)))
                 actions.append(np.asarray(action, dtype=np.float32))
-                if rgb_size:
-                    rgbs.append(obs["rgb"])
+                if rgb_size or robot:
+                    rgbs.append(obs if robot else obs["rgb"])   # robot: the rgb:<camera> frames and proprio
 
             r = env.execute_skill(call, recorder=rec)
             if states:
@@ -76,6 +86,10 @@ def record_episode(task: str, backend: str, seed: int, rgb_size: int = 0) -> Opt
            "segment_lengths": [len(s[1]) for s in keep]}
     if rgb_size:
         out["rgb"] = np.concatenate([np.stack(s[3]) for s in keep]).astype(np.uint8)
+    if robot:
+        ticks = [o for s in keep for o in s[3]]
+        out["frames"] = {c: np.stack([o[camera_key(c)] for o in ticks]).astype(np.uint8) for c in env.cameras}
+        out["proprio"] = np.stack([o["proprio"] for o in ticks]).astype(np.float32)
     return out
 
 
@@ -84,24 +98,43 @@ def _job(args) -> Optional[dict]:
 
 
 def collect(tasks: list, episodes: int, backend: str, out: str, val_episodes: Optional[int] = None,
-            test_episodes: int = 0, rgb: int = 0, workers: int = 1, progress: bool = True) -> dict:
-    """Collect successful oracle episodes for every task and split; resumable; finalises meta.json."""
+            test_episodes: int = 0, rgb: int = 0, workers: int = 1, progress: bool = True, obs: str = "state",
+            image_size: int = ROBOT_IMAGE_SIZE) -> dict:
+    """Collect successful oracle episodes for every task and split; resumable; finalises meta.json.
+
+    obs "state" (default) records the privileged state (and --rgb frames); "robot" also records camera frames
+    (image_size square) and proprio per tick, and the skill sentences as the segments' texts."""
     from taskweave.envs import get_task
+    if obs not in OBS:
+        raise UserError(f"obs must be one of {', '.join(OBS)}, got {obs!r}")
+    if obs == "robot" and rgb:
+        raise UserError("--rgb records the privileged baseline's frames; robot observations (--obs robot) have "
+                        "their own cameras at --image-size")
+    if obs == "robot" and image_size < 8:
+        raise UserError(f"--image-size must be at least 8, got {image_size}")
     for t in tasks:
         get_task(t)  # unknown names fail here, before any work
     with FolderLock(out, "collect") as lock:
         removed = lock.clean_temporaries() + remove_partials(os.path.join(out, "data.zarr"))
         if removed:
             print(f"removed {len(removed)} temporary file(s) an interrupted run left in {out}", file=sys.stderr)
-        return _collect(tasks, episodes, backend, out, val_episodes, test_episodes, rgb, workers, progress)
+        return _collect(tasks, episodes, backend, out, val_episodes, test_episodes, rgb, workers, progress,
+                        obs, image_size)
 
 
-def _collect(tasks, episodes, backend, out, val_episodes, test_episodes, rgb, workers, progress) -> dict:
+def _collect(tasks, episodes, backend, out, val_episodes, test_episodes, rgb, workers, progress, obs="state",
+             image_size=ROBOT_IMAGE_SIZE) -> dict:
     """collect() once the dataset folder is locked."""
     val = episodes // 10 if val_episodes is None else val_episodes
     want = {"train": episodes, "val": val, "test": test_episodes}
     writer = DatasetWriter(out, tasks=tasks, backend=backend, control_hz=10.0,
-                           extra={"seed_bases": SPLIT_SEED_BASE, "state_layout": "robot(7) + skill_features(16) + object-TCP(3) + target-TCP(3)"})
+                           extra={"seed_bases": SPLIT_SEED_BASE, "state_layout": "robot(7) + skill_features(16) + object-TCP(3) + target-TCP(3)",
+                                  "obs": obs, **({"skill_text": "sentence"} if obs == "robot" else {})},
+                           proprio_layout=PROPRIO_LAYOUT if obs == "robot" else None)
+    if writer.num_episodes and (writer.cameras is not None) != (obs == "robot"):
+        have = "robot observations" if writer.cameras is not None else "no robot observations"
+        raise DatasetError(f"{out}: the dataset has {have}; refusing to append --obs {obs} episodes "
+                           f"(use the same --obs or another --out)")
     if writer.num_episodes and writer.rgb_shape != ((rgb, rgb, 3) if rgb else None):
         have = f"{writer.rgb_shape[0]}x{writer.rgb_shape[1]} RGB frames" if writer.rgb_shape else "no RGB frames"
         asked = f"{rgb}x{rgb} RGB frames (--rgb {rgb})" if rgb else "no RGB frames"
@@ -122,7 +155,7 @@ def _collect(tasks, episodes, backend, out, val_episodes, test_episodes, rgb, wo
                 while have < want[split] and i < len(todo):
                     batch = todo[i:i + max(1, workers * 2)]
                     i += len(batch)
-                    jobs = [(task, backend, s, rgb) for s in batch]
+                    jobs = [(task, backend, s, rgb, obs, image_size) for s in batch]
                     results = pool.map(_job, jobs) if pool else map(_job, jobs)
                     for s, res in zip(batch, results):
                         stats["attempted"] += 1
@@ -132,7 +165,8 @@ def _collect(tasks, episodes, backend, out, val_episodes, test_episodes, rgb, wo
                         if have >= want[split]:
                             continue
                         writer.add_episode(task, s, res["state"], res["action"], res["skills"], rgb=res.get("rgb"),
-                                           split=split, segment_lengths=res["segment_lengths"])
+                                           split=split, segment_lengths=res["segment_lengths"],
+                                           frames=res.get("frames"), proprio=res.get("proprio"))
                         stats["kept"] += 1
                         have += 1
                         bar.update(1)

@@ -1,10 +1,11 @@
 """Demonstration datasets: DIR/meta.json + DIR/data.zarr; an appending, resumable writer and a window reader.
 
-(~440 lines: the writer and the reader of one on-disk format, read together.)
+(~560 lines: the writer and the reader of one on-disk format, privileged and robot observations, read together.)
 
 Layout of DIR/data.zarr (all arrays chunked and Blosc-zstd compressed):
   data/state (T, D) float32, data/action (T, A) float32, data/skill_id (T,) int32,
-  data/task_id (T,) int32, optional data/rgb (T, H, W, 3) uint8,
+  data/task_id (T,) int32, optional data/rgb (T, H, W, 3) uint8; robot observations (collect
+  --obs robot) add data/rgb_<camera> (T, H, W, 3) uint8 per camera and data/proprio (T, P) float32,
   meta/episode_ends (E,) int64 and meta/segment_ends (S,) int64 (exclusive global ends; a
   segment is a run of steps under one skill, never crossing an episode end).
 DIR/progress.json is the writer's commit record; DIR/meta.json, written atomically by
@@ -37,6 +38,11 @@ _ARRAYS = ("state", "action", "skill_id", "task_id")
 _KEYS = tuple(f"data/{a}" for a in (*_ARRAYS, "rgb")) + ("meta/episode_ends", "meta/segment_ends")
 
 
+def camera_array(camera: str) -> str:
+    """The zarr array of a camera's frames, e.g. 'data/rgb_front'."""
+    return f"data/rgb_{camera}"
+
+
 def _compressor(shuffle: str = "bitshuffle") -> BloscCodec:
     return BloscCodec(cname="zstd", clevel=3, shuffle=shuffle)
 
@@ -66,7 +72,7 @@ class DatasetWriter:
 
     def __init__(self, path: str, *, tasks: Sequence[str] = (), backend: Optional[str] = None,
                  control_hz: float = 10.0, chunk_len: int = 2048, rgb_chunk_len: int = 16,
-                 extra: Optional[dict] = None) -> None:
+                 extra: Optional[dict] = None, proprio_layout: Optional[str] = None) -> None:
         self.path = path
         self.zarr_path = os.path.join(path, "data.zarr")
         self.progress_path = os.path.join(path, "progress.json")
@@ -93,7 +99,8 @@ class DatasetWriter:
             self._state = {"format_version": FORMAT_VERSION, "backend": backend or "unknown",
                            "control_hz": control_hz, "tasks": [], "skills": [], "episodes": [], "state_dim": None,
                            "action_dim": None, "rgb_shape": None, "num_steps": 0, "num_segments": 0,
-                           "extra": extra or {}, "checksums": {}}
+                           "extra": extra or {}, "checksums": {}, "cameras": None, "camera_shape": None,
+                           "proprio_dim": None, "proprio_layout": proprio_layout}
             for t in tasks:
                 self._task_id(t)
             self._commit()  # before the store exists, so a crash here leaves a resumable folder
@@ -127,10 +134,7 @@ class DatasetWriter:
         if self._state["state_dim"] is None:
             return
         try:
-            for name in (*_ARRAYS, "rgb"):
-                key = f"data/{name}"
-                if name == "rgb" and self._state["rgb_shape"] is None:
-                    continue
+            for key in self._step_keys():
                 arr = self._root[key]
                 if arr.shape[0] < n:
                     raise DatasetError(f"{self.zarr_path}/{key}: has {arr.shape[0]} rows, progress.json "
@@ -140,6 +144,13 @@ class DatasetWriter:
             self._root["meta/segment_ends"].resize((s,))
         except KeyError as exc:
             raise DatasetError(f"{self.zarr_path}: missing array {exc}") from None
+
+    def _step_keys(self) -> list:
+        """The arrays with one row per step that this dataset has."""
+        st = self._state
+        keys = [f"data/{a}" for a in _ARRAYS] + (["data/rgb"] if st["rgb_shape"] is not None else [])
+        keys += [camera_array(c) for c in st.get("cameras") or ()]
+        return keys + (["data/proprio"] if st.get("proprio_dim") is not None else [])
 
     def _checksum_stored(self) -> None:
         """Give a store written before checksums (format 1) records of its committed rows, from now on checked."""
@@ -167,11 +178,17 @@ class DatasetWriter:
         return tuple(self._state["rgb_shape"]) if self._state["rgb_shape"] is not None else None
 
     @property
+    def cameras(self) -> Optional[tuple]:
+        """The cameras whose frames are stored (robot observations); None without them or before the first episode."""
+        return tuple(self._state["cameras"]) if self._state.get("cameras") is not None else None
+
+    @property
     def backend(self) -> str:
         """The engine the stored demonstrations come from."""
         return self._state["backend"]
 
-    def _create_arrays(self, state_dim: int, action_dim: int, rgb_shape: Optional[tuple]) -> None:
+    def _create_arrays(self, state_dim: int, action_dim: int, rgb_shape: Optional[tuple],
+                       frames: Optional[dict] = None, proprio_dim: Optional[int] = None) -> None:
         c = self.chunk_len
         mk = self._root.create_array
         mk("data/state", shape=(0, state_dim), chunks=(c, state_dim), dtype="float32", compressors=_compressor())
@@ -181,10 +198,19 @@ class DatasetWriter:
         if rgb_shape is not None:
             mk("data/rgb", shape=(0, *rgb_shape), chunks=(self.rgb_chunk_len, *rgb_shape), dtype="uint8",
                compressors=_compressor("shuffle"))
+        for cam, shape in (frames or {}).items():
+            mk(camera_array(cam), shape=(0, *shape), chunks=(self.rgb_chunk_len, *shape), dtype="uint8",
+               compressors=_compressor("shuffle"))
+        if proprio_dim is not None:
+            mk("data/proprio", shape=(0, proprio_dim), chunks=(c, proprio_dim), dtype="float32",
+               compressors=_compressor())
         mk("meta/episode_ends", shape=(0,), chunks=(4096,), dtype="int64", compressors=_compressor())
         mk("meta/segment_ends", shape=(0,), chunks=(4096,), dtype="int64", compressors=_compressor())
+        shapes = {tuple(s) for s in (frames or {}).values()}
         self._state.update(state_dim=state_dim, action_dim=action_dim,
-                           rgb_shape=list(rgb_shape) if rgb_shape is not None else None)
+                           rgb_shape=list(rgb_shape) if rgb_shape is not None else None,
+                           cameras=list(frames) if frames else None,
+                           camera_shape=list(shapes.pop()) if shapes else None, proprio_dim=proprio_dim)
 
     # -- public API
     @property
@@ -203,8 +229,12 @@ class DatasetWriter:
 
     def add_episode(self, task: str, seed: int, state: np.ndarray, action: np.ndarray,
                     skills: Sequence[str] | str, rgb: Optional[np.ndarray] = None, split: str = "train",
-                    segment_lengths: Optional[Sequence[int]] = None, info: Optional[dict] = None) -> bool:
-        """Append one episode (per-step skill texts); returns False if (task, seed) is already stored."""
+                    segment_lengths: Optional[Sequence[int]] = None, info: Optional[dict] = None,
+                    frames: Optional[dict] = None, proprio: Optional[np.ndarray] = None) -> bool:
+        """Append one episode (per-step skill texts); returns False if (task, seed) is already stored.
+
+        Robot observations: frames {camera: (T, H, W, 3) uint8} (every camera one shape) and proprio (T, P).
+        """
         if self.has_episode(task, seed):
             return False
         state = np.asarray(state, dtype=np.float32)
@@ -224,9 +254,12 @@ class DatasetWriter:
             rgb = np.asarray(rgb)
             if rgb.dtype != np.uint8 or rgb.ndim != 4 or rgb.shape[0] != t or rgb.shape[3] != 3:
                 raise ValueError(f"rgb must be (T, H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
+        frames, proprio = self._check_robot_obs(t, frames, proprio)
         st = self._state
         if st["state_dim"] is None:
-            self._create_arrays(state.shape[1], action.shape[1], rgb.shape[1:] if rgb is not None else None)
+            self._create_arrays(state.shape[1], action.shape[1], rgb.shape[1:] if rgb is not None else None,
+                                {c: f.shape[1:] for c, f in frames.items()} if frames else None,
+                                proprio.shape[1] if proprio is not None else None)
         if state.shape[1] != st["state_dim"] or action.shape[1] != st["action_dim"]:
             raise ValueError(f"episode dims state {state.shape[1]}, action {action.shape[1]} differ from the "
                              f"dataset's {st['state_dim']}, {st['action_dim']}")
@@ -234,6 +267,12 @@ class DatasetWriter:
         got_rgb = tuple(rgb.shape[1:]) if rgb is not None else None
         if want_rgb != got_rgb:
             raise ValueError(f"episode rgb shape {got_rgb} differs from the dataset's {want_rgb}")
+        got = (list(frames) if frames else None, list(frames[next(iter(frames))].shape[1:]) if frames else None,
+               proprio.shape[1] if proprio is not None else None)
+        want = (st.get("cameras"), st.get("camera_shape"), st.get("proprio_dim"))
+        if got != want:
+            raise ValueError(f"episode robot observations (cameras, frame shape, proprio size) {got} differ from "
+                             f"the dataset's {want}")
         if segment_lengths is not None:
             ends = np.cumsum(np.asarray(segment_lengths, dtype=np.int64))
             if len(ends) == 0 or ends[-1] != t or (np.diff(np.concatenate([[0], ends])) <= 0).any():
@@ -252,6 +291,10 @@ class DatasetWriter:
         self._append("data/task_id", np.full(t, task_id, dtype=np.int32))
         if rgb is not None:
             self._append("data/rgb", rgb)
+        for cam, f in (frames or {}).items():
+            self._append(camera_array(cam), f)
+        if proprio is not None:
+            self._append("data/proprio", proprio)
         self._append("meta/episode_ends", np.array([start + t], dtype=np.int64))
         self._append("meta/segment_ends", (ends + start).astype(np.int64))
         st["episodes"].append({"index": len(st["episodes"]), "task": task, "task_id": task_id, "seed": int(seed),
@@ -263,6 +306,24 @@ class DatasetWriter:
         self._done.add((task, int(seed)))
         return True
 
+    @staticmethod
+    def _check_robot_obs(t: int, frames: Optional[dict], proprio) -> tuple:
+        """Validated (frames, proprio) of one episode of t steps."""
+        if frames:
+            frames = {str(c): np.asarray(f) for c, f in frames.items()}
+            shapes = {f.shape[1:] for f in frames.values()}
+            for c, f in frames.items():
+                if not c.isidentifier() or f.dtype != np.uint8 or f.ndim != 4 or f.shape[0] != t or f.shape[3] != 3:
+                    raise ValueError(f"frames[{c!r}] must be (T, H, W, 3) uint8 for a camera name, got "
+                                     f"{f.shape} {f.dtype}")
+            if len(shapes) != 1:
+                raise ValueError(f"every camera's frames must have one shape, got {sorted(shapes)}")
+        if proprio is not None:
+            proprio = np.asarray(proprio, dtype=np.float32)
+            if proprio.ndim != 2 or proprio.shape[0] != t or not np.isfinite(proprio).all():
+                raise ValueError(f"proprio must be a finite (T, P) array with T = {t}, got {proprio.shape}")
+        return frames or None, proprio
+
     def finalize(self) -> str:
         """Write DIR/meta.json atomically (the dataset is valid from then on); returns its path."""
         st = self._state
@@ -271,7 +332,10 @@ class DatasetWriter:
         meta = {"format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "backend": st["backend"], "control_hz": st["control_hz"], "tasks": st["tasks"],
                 "skills": st["skills"],
-                "obs": {"state": [st["state_dim"]], **({"rgb": st["rgb_shape"]} if st["rgb_shape"] else {})},
+                "obs": {"state": [st["state_dim"]], **({"rgb": st["rgb_shape"]} if st["rgb_shape"] else {}),
+                        **{f"rgb:{c}": st["camera_shape"] for c in st.get("cameras") or ()},
+                        **({"proprio": [st["proprio_dim"]]} if st.get("proprio_dim") is not None else {})},
+                "proprio_layout": st.get("proprio_layout"),
                 "action_dim": st["action_dim"], "num_episodes": len(st["episodes"]),
                 "num_steps": st["num_steps"], "num_segments": st["num_segments"],
                 "episodes": st["episodes"], "extra": st["extra"], "checksums": st["checksums"]}
@@ -299,13 +363,17 @@ def load_meta(path: str) -> dict:
 class DemoDataset(torch.utils.data.Dataset):
     """Windows of pred_horizon steps inside one skill segment, edge-padded (pad_before To-1, pad_after Ta-1).
 
-    Items: 'state' (To, D) float32, 'action' (Tp, A) float32, 'skill_id' and 'task_id' int64 scalars,
-    'rgb' (To, H, W, 3) uint8 when load_rgb. Low-dim arrays are read once; frames are read per item.
+    Items (privileged baselines): 'state' (To, D) float32, 'action' (Tp, A) float32, 'skill_id' and 'task_id'
+    int64 scalars, 'rgb' (To, H, W, 3) uint8 when load_rgb. Items with robot=True (what a robot senses):
+    'rgb:<camera>' (To, H, W, 3) uint8 for each of cameras (default: every stored camera), 'proprio' (To, P)
+    float32, 'action', 'skill_id' and 'done' (Tp,) float32 (`done_targets`: 1 from the segment's last step
+    on), and no state or task id. Low-dim arrays are read once; frames are read per item unless preload.
     """
 
     def __init__(self, path: str, split: Optional[str] = "train", obs_horizon: int = 2, pred_horizon: int = 16,
                  action_horizon: int = 8, load_rgb: Optional[bool] = None,
-                 tasks: Optional[Sequence[str]] = None) -> None:
+                 tasks: Optional[Sequence[str]] = None, robot: bool = False,
+                 cameras: Optional[Sequence[str]] = None, preload: bool = False) -> None:
         self.path, self.split = path, split
         self.obs_horizon, self.pred_horizon, self.action_horizon = obs_horizon, pred_horizon, action_horizon
         self.meta = load_meta(path)
@@ -331,6 +399,14 @@ class DemoDataset(torch.utils.data.Dataset):
             if shape[0] < n or list(shape[1:]) != list(self.meta["obs"]["rgb"]):
                 raise DatasetError(f"{self.zarr_path}/data/rgb: shape {shape} does not match meta.json")
         self._rgb, self._rgb_checked = None, set()
+        self.robot = bool(robot)
+        self.cameras = self._robot_cameras(cameras) if self.robot else ()
+        self.proprio = self._read(root, "data/proprio", n) if self.robot else None
+        self._frames: dict = {}                       # camera -> zarr array (opened per process) or preloaded rows
+        self._frames_checked: dict = {c: set() for c in self.cameras}
+        self.preloaded = bool(preload) and self.robot
+        if self.preloaded:
+            self._frames = {c: self._read(root, camera_array(c), n) for c in self.cameras}
         wanted = [e for e in self.meta["episodes"]
                   if (split is None or e["split"] == split) and (tasks is None or e["task"] in tasks)]
         self.episodes = wanted
@@ -365,6 +441,24 @@ class DemoDataset(torch.utils.data.Dataset):
         if arr.shape[0] < n:
             raise DatasetError(f"{self.zarr_path}/{key}: {arr.shape[0]} rows, meta.json expects {n}")
         return integrity.read_checked(self.zarr_path, arr, key, n, self._checksum(key))
+
+    def _robot_cameras(self, cameras: Optional[Sequence[str]]) -> tuple:
+        """The cameras robot items carry, checked against the stored ones and proprio."""
+        meta_path = os.path.join(self.path, "meta.json")
+        stored = [k.split(":", 1)[1] for k in self.meta["obs"] if k.startswith("rgb:")]
+        if "proprio" not in self.meta["obs"] or not stored:
+            raise DatasetError(f"{meta_path}: no robot observations (camera frames and proprio) in this dataset; "
+                               f"collect it with --obs robot")
+        cameras = tuple(stored) if cameras is None else tuple(cameras)
+        missing = [c for c in cameras if c not in stored]
+        if missing:
+            raise DatasetError(f"{meta_path}: no frames of camera(s) {missing}; the dataset has {stored}")
+        return cameras
+
+    @property
+    def frame_shape(self) -> Optional[tuple]:
+        """(H, W, 3) of the camera frames robot items carry (None without robot observations)."""
+        return tuple(self.meta["obs"][f"rgb:{self.cameras[0]}"]) if self.cameras else None
 
     def _check(self, episode_ends: np.ndarray, segment_ends: np.ndarray) -> None:
         meta_path = os.path.join(self.path, "meta.json")
@@ -408,12 +502,14 @@ class DemoDataset(torch.utils.data.Dataset):
         return list(self.meta["tasks"])
 
     def stats(self) -> dict:
-        """Min/max of state and action over the selected episodes' steps (normaliser stats)."""
+        """Min/max of state, action (and proprio, robot items) over the selected episodes' steps (normaliser stats)."""
         if len(self.steps) == 0:
             raise DatasetError(f"{self.path}: no episodes in split {self.split!r}")
-        s, a = self.state[self.steps], self.action[self.steps]
-        return {"state": {"min": torch.from_numpy(s.min(0)), "max": torch.from_numpy(s.max(0))},
-                "action": {"min": torch.from_numpy(a.min(0)), "max": torch.from_numpy(a.max(0))}}
+        arrays = {"state": self.state, "action": self.action}
+        if self.proprio is not None:
+            arrays["proprio"] = self.proprio
+        return {k: {"min": torch.from_numpy(v[self.steps].min(0)), "max": torch.from_numpy(v[self.steps].max(0))}
+                for k, v in arrays.items()}
 
     def window_indices(self, i: int) -> np.ndarray:
         """Global step indices (pred_horizon,) of window i, clipped to its segment (edge padding)."""
@@ -426,6 +522,8 @@ class DemoDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         idx = self.window_indices(i)
         obs_idx = idx[:self.obs_horizon]
+        if self.robot:
+            return self._robot_item(i, idx, obs_idx)
         item = {"state": torch.from_numpy(self.state[obs_idx]), "action": torch.from_numpy(self.action[idx]),
                 "skill_id": torch.tensor(self.skill_id[idx[0]]), "task_id": torch.tensor(self.task_id[idx[0]])}
         if self.load_rgb:
@@ -437,7 +535,28 @@ class DemoDataset(torch.utils.data.Dataset):
             item["rgb"] = torch.from_numpy(frames[obs_idx - lo])
         return item
 
+    def _robot_item(self, i: int, idx: np.ndarray, obs_idx: np.ndarray) -> dict:
+        from .diffusion.modeling import done_targets
+        item = {"proprio": torch.from_numpy(self.proprio[obs_idx]), "action": torch.from_numpy(self.action[idx]),
+                "skill_id": torch.tensor(self.skill_id[idx[0]]),
+                "done": torch.from_numpy(done_targets(self._win_start[i], self._win_hi[i], self.pred_horizon))}
+        lo, hi = int(obs_idx.min()), int(obs_idx.max())
+        for c in self.cameras:
+            if self.preloaded:
+                rows = self._frames[c][lo:hi + 1]
+            else:
+                if c not in self._frames:
+                    self._frames[c] = self._array(self._open(), camera_array(c))
+                key = camera_array(c)
+                rows = integrity.read_rows_checked(self.zarr_path, self._frames[c], key, lo, hi + 1,
+                                                   self.meta["num_steps"], self._checksum(key),
+                                                   self._frames_checked[c])
+            item[f"rgb:{c}"] = torch.from_numpy(np.ascontiguousarray(rows[obs_idx - lo]))
+        return item
+
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_rgb"], state["_rgb_checked"] = None, set()  # each DataLoader worker opens its own handle
+        if not self.preloaded:
+            state["_frames"], state["_frames_checked"] = {}, {c: set() for c in self.cameras}
         return state

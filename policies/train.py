@@ -38,6 +38,7 @@ from .diffusion.checkpoint import load_checkpoint, save_checkpoint
 from .diffusion.configuration import DiffusionConfig
 from .diffusion.modeling import DiffusionPolicy
 from .diffusion.text_encoder import make_text_encoder
+from .interop.tensorboard import log_scalars, open_tensorboard
 
 
 class TrainError(UserError, RuntimeError):
@@ -278,13 +279,7 @@ def _trim_metrics(path: str, step: int) -> None:
 def _loop(cfg, policy, model, optimizer, lr_sched, ema, batches, dev, out_dir, start, ds, world, is_main,
           progress, log) -> TrainResult:
     metrics_path = os.path.join(out_dir, "metrics.jsonl")
-    tb = None
-    if is_main:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            tb = SummaryWriter(os.path.join(out_dir, "tensorboard"))
-        except ImportError:
-            tb = None
+    tb = open_tensorboard(out_dir, log) if is_main else None  # RUN/tensorboard/ when tensorboard is installed
     use_amp = cfg.use_amp and dev.type == "cuda"
     bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and is_main), desc="train", dynamic_ncols=True)
     loss_sum, loss_n, t_last, last_loss, last_ckpt = 0.0, 0, time.perf_counter(), float("nan"), None
@@ -317,9 +312,7 @@ def _loop(cfg, policy, model, optimizer, lr_sched, ema, batches, dev, out_dir, s
             if is_main:
                 with open(metrics_path, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps(rec) + "\n")
-                if tb is not None:
-                    for k in ("loss", "lr", "samples_per_s"):
-                        tb.add_scalar(f"train/{k}", rec[k], step)
+                log_scalars(tb, rec, step)
             bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{rec['lr']:.2e}")
             loss_sum, loss_n, t_last = 0.0, 0, now
         bar.update(1)

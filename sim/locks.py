@@ -124,7 +124,11 @@ class FolderLock:
         if os.fstat(fd).st_size and previous is None:
             previous = {"pid": "?", "host": "?", "started": "?", "command": "unreadable holder record"}
         self.stale = previous
-        self._write_record()
+        try:
+            self._write_record()
+        except OSError as exc:
+            self.release()
+            raise LockError(f"{self.path}: cannot write the holder record ({exc.strerror or exc})") from None
         if previous:
             self.log(f"note: took over the stale lock of {self.folder} left by {_describe(previous)}: that run "
                      f"ended without releasing it")

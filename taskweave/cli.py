@@ -32,6 +32,9 @@ COMMANDS = {
     "generate": "generate",
     "bringup": "bringup",
     "models": "models",
+    "export-dataset": "export_dataset",
+    "import-dataset": "import_dataset",
+    "export-policy": "export_policy",
 }
 HELPS = {  # kept here so that `taskweave --help` imports no command module
     "tasks": "list tasks (or `tasks validate FILE.py`)",
@@ -44,6 +47,9 @@ HELPS = {  # kept here so that `taskweave --help` imports no command module
     "generate": "generate new tasks with an LLM (GenSim-style)",
     "bringup": "run the ROS 2 node graph in one process",
     "models": "list the local language models (llama:NAME)",
+    "export-dataset": "export a dataset as LeRobotDataset v3.0 or robomimic HDF5",
+    "import-dataset": "import a LeRobotDataset v3.0 or robomimic HDF5 dataset",
+    "export-policy": "export a policy checkpoint as ONNX",
 }
 LIBRARY_COMMANDS = ("tasks", "rollout", "demo", "collect", "eval", "plan")
 
@@ -53,9 +59,17 @@ def command_module(name: str):
     return importlib.import_module(f"taskweave.commands.{COMMANDS[name]}")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (`taskweave CMD: error: ...`, exit 2), like a UserError's."""
+
+    def error(self, message: str):
+        """Print the one-line error and exit 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(wanted: str = "") -> argparse.ArgumentParser:
     """The argument parser; only the `wanted` subcommand's module is imported."""
-    p = argparse.ArgumentParser(prog="taskweave", description="taskweave: LLM planners, a diffusion policy and "
+    p = OneLineParser(prog="taskweave", description="taskweave: LLM planners, a diffusion policy and "
                                 "generated tasks on MuJoCo and PyBullet")
     sub = p.add_subparsers(dest="command", required=True)
     for name in COMMANDS:

@@ -161,8 +161,9 @@ def test_episode_through_the_cli(server, planner, extra, n_call, tmp_path):
     cmd = [sys.executable, "-m", "taskweave.cli", "plan", "--task", "BlockInBowl", "--planner", planner,
            "--llm", "openai:smollm2", "--llm-base-url", server, "--llm-timeout", "120", *extra, "--json"]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
-    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.returncode in (0, 1), p.stderr[-3000:]       # 1: the episode failed (a 135M model may fail it)
     rec = json.loads(p.stdout)
+    assert (p.returncode == 0) == rec["success"] and not rec["incomplete"], p.stderr[-3000:]
     assert rec["planner"] == planner and rec["llm_calls"] > 0 and rec["prompt_tokens"] > 0, p.stderr[-2000:]
     error = rec.get("error") or ""                       # a budget may end it (a 135M model); no LLM error may
     assert not error.startswith("LLM error") and "n>1" not in error and "'n'" not in error, error

@@ -123,9 +123,8 @@ class Graph:
         assert not self._thread.is_alive(), "the spinner thread hung"
 
 
-# Real DDS on a shared 2-core machine: discovery and executor scheduling jitter can push a wall-clock
-# deadline over on a loaded run. The behaviour asserted is unchanged; a failing test gets one fresh retry.
-timing = pytest.mark.flaky(reruns=1, reruns_delay=1)
+# Real DDS on a shared 2-core machine: deadlines are generous and counted in sim ticks where they can be;
+# positions come from the sim itself, not from a topic a loaded machine delivers late. No reruns.
 
 
 @pytest.fixture
@@ -169,21 +168,33 @@ def policy_node(g, policy_fn=None, **params):
 def scripted_fallback_policy_fn(sim):
     """TEST-ONLY stand-in for a trained policy: the sim's scripted skill, read straight from the sim's
     backend in this process. It exercises the policy node's ROS path (observation in, delta action,
-    absolute TCP command out, watchdog) without a trained checkpoint; it is not a policy."""
+    absolute TCP command out, watchdog) without a trained checkpoint; it is not a policy.
+
+    The scripted skill's budgets count control ticks, so it takes one step per sim tick that followed a
+    fresh command (on a loaded machine the node's timer and the sim's clock drift apart, and commands
+    arrive late); between steps it holds its last target. Its action is the delta from the observation's
+    reference target (`ee_target`) to the target the skill wants."""
+    from taskweave.sim.control import MAX_DPOS, MAX_DYAW
+    from taskweave.sim.geometry import wrap_angle
     from taskweave.sim.skill_types import SkillCall
     from taskweave.sim.skills import make_skill
-    held = {"skill": None, "runner": None, "grip": -1.0}
+    held = {"skill": None, "runner": None, "grip": -1.0, "tick": None, "want": None}
 
     def policy_fn(obs, skill):
         with sim.lock:
             b = sim.env.backend
             if held["skill"] != skill:
-                held["skill"], held["runner"] = skill, make_skill(SkillCall.parse(skill), b)
-            a = held["runner"].act(b)
-        if a is None:   # skill over: hold still, keep the gripper as the skill left it
-            return np.array([0, 0, 0, 0, held["grip"]], dtype=float)
-        held["grip"] = float(a[4])
-        return a
+                held.update(skill=skill, runner=make_skill(SkillCall.parse(skill), b), tick=None, want=None)
+            if held["want"] is None or (sim.env.steps != held["tick"] and sim.watchdog == "active"):
+                held["tick"] = sim.env.steps
+                a = held["runner"].act(b)
+                if a is not None:   # (skill over: hold still, keep the gripper as the skill left it)
+                    held["grip"] = float(a[4])
+                    held["want"] = (b.ee_target_pos + np.asarray(a[:3]) * MAX_DPOS, b.ee_target_yaw + a[3] * MAX_DYAW)
+                elif held["want"] is None:
+                    held["want"] = (b.ee_target_pos.copy(), b.ee_target_yaw)
+        (pos, yaw), ref = held["want"], obs["ee_target"]
+        return np.array([*((pos - np.asarray(ref[:3])) / MAX_DPOS), wrap_angle(yaw - ref[3]) / MAX_DYAW, held["grip"]])
 
     policy_fn.reset = lambda: held.update(skill=None)
     return policy_fn
@@ -233,7 +244,6 @@ def test_state_json_round_trip_and_qos():
 
 # ---------------------------------------------------------------- over DDS
 
-@timing
 def test_scripted_task_across_processes_with_documented_types(graph):
     """The sim runs in its own process (as `ros2 run` would start it); the planner here drives it."""
     env = dict(os.environ)
@@ -289,7 +299,6 @@ def test_scripted_task_across_processes_with_documented_types(graph):
     assert "never retrieved" not in out and "Traceback" not in out, out[-2000:]
 
 
-@timing
 def test_policy_path_completes_task(graph):
     """Planner -> current_skill -> policy node -> ee_command -> sim, with the TEST-ONLY scripted fallback policy."""
     sim = sim_node(graph)
@@ -306,42 +315,47 @@ def test_policy_path_completes_task(graph):
     assert any(s["state"] == "executing" and s["current_skill"] for s in published)
 
 
-@timing
 def test_watchdog_holds_arm_when_policy_node_dies(graph):
+    """Kill the policy node mid-motion: the sim's watchdog trips within command_timeout (timed by the sim:
+    the age of the newest command when it turned stale) and the arm holds still near where commands ended.
+    Where the arm is comes from the sim itself, so a loaded machine delivering ee_pose late changes nothing."""
     sim = sim_node(graph, command_timeout=0.2)
     policy = policy_node(graph, scripted_fallback_policy_fn(sim))
-    graph.listen("/taskweave/ee_pose")
     graph.listen("/taskweave/watchdog")
-    wait_until(lambda: graph.got["/taskweave/ee_pose"], 10, "the first ee pose")
-    start = ee_xyz(graph.got["/taskweave/ee_pose"][-1])
+
+    def tcp():
+        with sim.lock:
+            return np.array(sim.env.backend.ee_pose()[0])
+
+    wait_until(lambda: sim.env.steps > 0, 20, "the sim to tick")
+    start = tcp()
     graph.publish("/taskweave/current_skill", "pick(blue_block)")
-    wait_until(lambda: np.linalg.norm(ee_xyz(graph.got["/taskweave/ee_pose"][-1]) - start) > 0.04, 10,
-               "the arm to move under policy commands")
-    assert graph.last_json("/taskweave/watchdog")["state"] == "active"
-    moving_from = ee_xyz(graph.got["/taskweave/ee_pose"][-1])
+    wait_until(lambda: np.linalg.norm(tcp() - start) > 0.04, 20, "the arm to move under policy commands")
+    wait_until(lambda: sim.watchdog == "active", 5, "the sim to follow the commands")
     graph.kill(policy)                                   # the policy node dies mid-motion
-    t_kill = time.monotonic()
-    wait_until(lambda: graph.last_json("/taskweave/watchdog")["state"] == "stale", 1.0, "the watchdog to trip")
-    assert time.monotonic() - t_kill < 0.5
-    t_stale = time.monotonic()
-    # let the arm settle on its frozen target: 0.15 s of wall time, longer when the machine is loaded
-    # (the sim runs at 4x, so settling is counted in sim ticks, not seconds)
-    held = None
-    for _ in range(12):
-        time.sleep(0.15)
-        now = ee_xyz(graph.got["/taskweave/ee_pose"][-1])
+    t_kill, moving_from = time.monotonic(), tcp()
+    wait_until(lambda: sim.watchdog == "stale", 5.0, "the watchdog to trip")
+    assert time.monotonic() - t_kill < 5.0
+    wait_until(lambda: any(json.loads(m.data)["state"] == "stale" for m in graph.got["/taskweave/watchdog"]), 5.0,
+               "the stale watchdog state on its topic")
+    first_stale = next(json.loads(m.data) for m in graph.got["/taskweave/watchdog"]
+                       if json.loads(m.data)["state"] == "stale")
+    assert 0.2 <= first_stale["age"] < 0.5, first_stale    # tripped within a few ticks of the timeout
+    # the arm settles on its frozen target (counted in sim ticks: the sim runs at 4x), then stays there
+    held, ticks = None, sim.env.steps
+    for _ in range(50):
+        wait_until(lambda t=ticks: sim.env.steps >= t + 4, 10, "sim ticks")
+        ticks, now = sim.env.steps, tcp()
         if held is not None and np.linalg.norm(now - held) < 0.0005:
             break
         held = now
-    time.sleep(0.5)                                      # 20 control ticks at 4x
-    after = ee_xyz(graph.got["/taskweave/ee_pose"][-1])
+    wait_until(lambda t=ticks: sim.env.steps >= t + 20, 20, "20 more sim ticks")
+    after = tcp()
     assert np.linalg.norm(after - held) < 0.003, (held, after)
     assert np.linalg.norm(held - moving_from) < 0.05     # it stopped near where the commands ended
-    state = graph.last_json("/taskweave/watchdog")
-    assert state["state"] == "stale" and state["age"] >= 0.2 and time.monotonic() - t_stale < 2
+    assert sim.watchdog == "stale"
 
 
-@timing
 @pytest.mark.parametrize("backend", ["mujoco", "pybullet"])
 def test_sim_node_follows_absolute_tcp_targets(graph, backend):
     """A raw command stream (as a robot-side client would send) moves the TCP to the target and yaw."""
@@ -383,7 +397,6 @@ def test_sim_node_follows_absolute_tcp_targets(graph, backend):
     wait_until(lambda: graph.last_json("/taskweave/watchdog")["state"] == "stale", 5, "the watchdog to trip")
 
 
-@timing
 def test_checkpoint_policy_node_commands_the_arm(graph, tmp_path):
     """The real PolicyRunner path with a tiny untrained checkpoint: loads, acts, publishes sane commands."""
     pytest.importorskip("torch")

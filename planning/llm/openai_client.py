@@ -19,8 +19,10 @@ n > 1: the first request asks for n (with `seed`); a server that refuses n (a 40
 answers fewer choices (llama.cpp's servers ignore n) is remembered (`supports_n = False`) and served by
 separate requests with seeds `seed + i`. Usage is the server's: `prompt_tokens` counts the prompt once,
 `prompt_tokens_sent` sums it over every request answered. Each attempt's timeout is `timeout +
-timeout_per_token * n * max_tokens`. A call that finally fails is metered (attempts, tokens spent) by
-`LLMClient.complete` from the `usage` the raised LLMError carries.
+timeout_per_token * n * max_tokens` ($TASKWEAVE_LLM_TIMEOUT: a flat limit per attempt); retries default to
+5 ($TASKWEAVE_LLM_RETRIES). Every failed attempt is told as one line (attempt i/n, the error, the next wait;
+stderr by default), so a silent server is never a silent wait. A call that finally fails is metered
+(attempts, tokens spent) by `LLMClient.complete` from the `usage` the raised LLMError carries.
 """
 from __future__ import annotations
 
@@ -30,9 +32,10 @@ import json
 import os
 import random
 import re
+import sys
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 from urllib.parse import urlparse
 
 import openai
@@ -131,13 +134,17 @@ class OpenAIClient(LLMClient):
     """Chat completions over HTTP from any OpenAI-compatible server."""
 
     def __init__(self, model: str, base_url: Optional[str] = None, api_key: Optional[str] = None,
-                 timeout: float = 30, max_retries: int = 5, backoff: float = 0.5, supports_n: Optional[bool] = None,
-                 max_backoff: float = 30.0, seed: Optional[int] = None, meter=None,
-                 constrain_api: Optional[str] = None, timeout_per_token: float = DEFAULT_TIMEOUT_PER_TOKEN):
+                 timeout: Optional[float] = None, max_retries: Optional[int] = None, backoff: float = 0.5,
+                 supports_n: Optional[bool] = None, max_backoff: float = 30.0, seed: Optional[int] = None, meter=None,
+                 constrain_api: Optional[str] = None, timeout_per_token: float = DEFAULT_TIMEOUT_PER_TOKEN,
+                 on_retry: Optional[Callable[[str], None]] = None):
         """Connect lazily to base_url (args, then TASKWEAVE_LLM_BASE_URL / OPENAI_BASE_URL) with key (args or
         OPENAI_API_KEY; local servers get a dummy key).
 
-        timeout: base seconds per attempt, plus timeout_per_token x n x max_tokens; seed: base sampling seed
+        timeout: base seconds per attempt, plus timeout_per_token x n x max_tokens (None: $TASKWEAVE_LLM_TIMEOUT
+        as a flat limit per attempt, else 30); max_retries: retries after a failed attempt (default
+        $TASKWEAVE_LLM_RETRIES, else 5); on_retry(line): told of every failed attempt, one line (attempt i/n,
+        the error, the next wait; default: printed to stderr); seed: base sampling seed
         (sent on every request when given; n separate requests use seed + i, from 0 when not given) and the
         backoff jitter's seed; constrain_api: auto | llamacpp | vllm | openai | none (None:
         TASKWEAVE_LLM_CONSTRAIN_API, else auto).
@@ -155,11 +162,16 @@ class OpenAIClient(LLMClient):
             key = "not-needed"  # local servers (vLLM, Ollama, llama.cpp) ignore the key
         self.constrain_api = resolve_constrain_api(constrain_api, self.base_url)
         self.constraint_kinds = API_KINDS[self.constrain_api]
-        self.timeout = float(timeout)
+        if timeout is None and os.environ.get("TASKWEAVE_LLM_TIMEOUT"):
+            timeout, timeout_per_token = _env_number("TASKWEAVE_LLM_TIMEOUT", float), 0.0
+        if max_retries is None and os.environ.get("TASKWEAVE_LLM_RETRIES"):
+            max_retries = _env_number("TASKWEAVE_LLM_RETRIES", int)
+        self.timeout = float(30 if timeout is None else timeout)
         self.timeout_per_token = max(0.0, float(timeout_per_token))
-        if self.timeout <= 0:
+        if not self.timeout > 0:
             raise LLMConfigError(f"the LLM timeout must be positive, got {timeout!r}")
-        self.max_retries = max(0, int(max_retries))
+        self.max_retries = max(0, int(5 if max_retries is None else max_retries))
+        self.on_retry = on_retry if on_retry is not None else _print_stderr
         self.backoff = max(0.0, float(backoff))
         self.max_backoff = float(max_backoff)
         self.supports_n = supports_n  # None: find out from the server
@@ -276,7 +288,13 @@ class OpenAIClient(LLMClient):
                 status, last = "malformed reply", str(e)
             if attempt < self.max_retries:
                 self.retries += 1
-                self._sleep(self._delay(attempt, retry_after))
+                delay = self._delay(attempt, retry_after)
+                self.on_retry(f"LLM request to {self.endpoint}: attempt {attempts}/{self.max_retries + 1} failed "
+                              f"({status}: {' '.join(str(last).split())}); retrying in {delay:.1f} s")
+                self._sleep(delay)
+            else:
+                self.on_retry(f"LLM request to {self.endpoint}: attempt {attempts}/{self.max_retries + 1} failed "
+                              f"({status}: {' '.join(str(last).split())}); no retries left")
         raise LLMError(f"chat completion at {self.endpoint} failed after {attempts} attempt(s) "
                        f"(model {self.model!r}); last status: {status}; {last}")
 
@@ -336,6 +354,23 @@ def _error_detail(e: "openai.APIStatusError") -> str:
     except Exception:  # body unreadable: fall back to the SDK's message
         pass
     return (text or e.message or "")[:300]
+
+
+def _print_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _env_number(name: str, kind):
+    """A positive (timeout) or non-negative (retries) number from an environment variable; LLMConfigError else."""
+    text = os.environ.get(name, "")
+    try:
+        v = kind(text)
+    except ValueError:
+        v = None
+    if v is None or v < 0 or (kind is float and not 0 < v < float("inf")):
+        raise LLMConfigError(f"${name} must be a {'positive number' if kind is float else 'non-negative integer'}, "
+                             f"got {text!r}")
+    return v
 
 
 def _retry_after(value) -> Optional[float]:

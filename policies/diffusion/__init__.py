@@ -36,6 +36,8 @@ def make_policy(config, skills: Sequence[str] = (), tasks: Sequence[str] = (), s
     from .modeling import DiffusionPolicy
 
     table = None
+    if skills and config.num_skills is None:   # the table's size is part of the config checkpoints rebuild from
+        config = config.replace(num_skills=len(skills))
     if skills:
         if encoder is None:
             from .text_encoder import make_text_encoder

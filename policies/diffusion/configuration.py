@@ -123,6 +123,8 @@ class DiffusionConfig:
              "must be distinct camera names (identifiers)")
         if self.obs_mode == "robot":
             need(len(self.cameras) >= 1, "cameras", "a robot-input policy needs at least one camera")
+            need(self.crop_size >= 33, "crop_size", "must be at least 33 for obs_mode 'robot' (ResNet-18 divides "
+                 "by 32 and spatial softmax needs a feature map of at least 2x2)")
             need(not self.text_encoder.startswith("builtin"), "text_encoder",
                  "a robot-input policy needs a pretrained sentence encoder ('minilm'), not the hashing one")
         if self.text_encoder == "minilm":

@@ -15,7 +15,6 @@ Episodes are written train, then val, then test, so that info.json's splits are 
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 from typing import Optional
@@ -24,10 +23,8 @@ import numpy as np
 
 from taskweave.sim.fileio import atomic_write_json
 
-from ..dataset import segments_from_skills
-from .common import (ACTION_NAMES, Episode, InteropError, TaskweaveSource, read_json, require, staged_folder,
-                     state_names, write_taskweave)
-from .video import LOSSLESS, FrameReader, Mp4Writer, video_info
+from .common import ACTION_NAMES, InteropError, TaskweaveSource, require, staged_folder, state_names
+from .video import LOSSLESS, Mp4Writer, video_info
 
 CODEBASE_VERSION = "v3.0"
 CHUNKS_SIZE = 1000
@@ -133,7 +130,7 @@ def export_lerobot(data: str, out: str, *, camera: str = "front", video_codec: s
     with staged_folder(out, force, inputs=(data,)) as tmp:
         dfiles, vfiles = _Files(data_file_mb), _Files(video_file_mb)
         pwriter = vwriter = None
-        rows, ep_stats, video_parts = [], [], []
+        rows, video_parts = [], []
         index = 0
         try:
             for new_idx, i in enumerate(order):
@@ -148,7 +145,7 @@ def export_lerobot(data: str, out: str, *, camera: str = "front", video_codec: s
                                       if v.ndim == 2 else pa.array(v)) for k, v in cols.items()})
                 if dfiles.want_new():
                     if pwriter is not None:
-                        pwriter.close()
+                        pwriter, _ = None, pwriter.close()
                     c, f = dfiles.advance()
                     path = os.path.join(tmp, DATA_PATH.format(chunk_index=c, file_index=f))
                     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -163,7 +160,7 @@ def export_lerobot(data: str, out: str, *, camera: str = "front", video_codec: s
                     frames = src.frames(e)
                     if vfiles.want_new():
                         if vwriter is not None:
-                            vwriter.close()
+                            vwriter, _ = None, vwriter.close()
                         c, f = vfiles.advance()
                         path = os.path.join(tmp, VIDEO_PATH.format(video_key=video_key, chunk_index=c, file_index=f))
                         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -183,21 +180,20 @@ def export_lerobot(data: str, out: str, *, camera: str = "front", video_codec: s
                             "taskweave/split": e["split"], "taskweave/segment_ends": src.segments(e).tolist(),
                             "taskweave/info": json.dumps(e.get("info") or {})})
                 rows.append(row)
-                ep_stats.append(st)
                 index += t
         finally:
             for w in (pwriter, vwriter):
                 if w is not None:
                     w.close()
         _write_meta(tmp, pa, pq, src, data, rows, features, fps, robot_type, video_key, video_parts, camera,
-                    video_codec)
+                    video_codec, (data_file_mb, video_file_mb))
     return {"format": "lerobot", "out": os.path.abspath(out), "episodes": len(rows), "frames": index,
             "fps": fps, "splits": _splits(meta), "video": video_key, "video_codec": video_codec if video_key else None,
             "lossless": bool(video_key is None or video_codec in LOSSLESS)}
 
 
 def _write_meta(tmp, pa, pq, src, data, rows, features, fps, robot_type, video_key, video_parts, camera,
-                video_codec) -> None:
+                video_codec, file_mb) -> None:
     meta = src.meta
     os.makedirs(os.path.join(tmp, "meta", "episodes", "chunk-000"), exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), os.path.join(tmp, EPISODES_PATH), compression="snappy")
@@ -214,7 +210,7 @@ def _write_meta(tmp, pa, pq, src, data, rows, features, fps, robot_type, video_k
         features[video_key]["info"] = video_info(first)
     info = {"codebase_version": CODEBASE_VERSION, "robot_type": robot_type, "total_episodes": len(rows),
             "total_frames": int(meta["num_steps"]), "total_tasks": len(src.skills), "chunks_size": CHUNKS_SIZE,
-            "data_files_size_in_mb": 100, "video_files_size_in_mb": 200, "fps": fps, "splits": _splits(meta),
+            "data_files_size_in_mb": file_mb[0], "video_files_size_in_mb": file_mb[1], "fps": fps, "splits": _splits(meta),
             "data_path": DATA_PATH, "video_path": VIDEO_PATH if video_key else None, "features": features}
     atomic_write_json(os.path.join(tmp, "meta", "info.json"), info, indent=4)
     cols = {"observation.state": src.state, "action": src.action}

@@ -38,12 +38,12 @@ def _column(table, name: str, path: str, width: Optional[int] = None, dtype=np.f
     try:
         if width is None:
             return np.asarray(col.to_numpy(zero_copy_only=False), dtype=dtype)
-        arr = np.asarray(col.to_pylist(), dtype=dtype) if len(col) else np.zeros((0, width), dtype)
-    except (ValueError, TypeError) as exc:
-        raise InteropError(f"{path}: column '{name}': not numeric ({exc})") from None
-    if arr.ndim != 2 or arr.shape[1] != width:
-        raise InteropError(f"{path}: column '{name}': shape {arr.shape[1:]} per frame, info.json says [{width}]")
-    return arr
+        flat = np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=dtype)
+    except (ValueError, TypeError, AttributeError) as exc:  # AttributeError: not a list column
+        raise InteropError(f"{path}: column '{name}': not numeric lists ({exc})") from None
+    if col.null_count or flat.size != len(col) * width:
+        raise InteropError(f"{path}: column '{name}': not {width} values in every row, as info.json says")
+    return flat.reshape(len(col), width)
 
 
 def _task_strings(pq, root: str) -> list:

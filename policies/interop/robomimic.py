@@ -137,8 +137,11 @@ def import_robomimic(src: str, out: str, *, task: Optional[str] = None, camera: 
                     splits[name.decode() if isinstance(name, bytes) else str(name)] = split
         skills_vocab = list(tw.get("skills") or [])
         name = task or env_args.get("env_name") or os.path.splitext(os.path.basename(src))[0]
-        cam_wanted = camera or tw.get("camera")
-        keys_used: dict = {}
+        first = g[demos[0]]
+        if "obs" not in first:
+            raise InteropError(f"{src}: data/{demos[0]}: no 'obs'")
+        state_keys = _state_keys(first["obs"], obs_keys)
+        image_key = _camera_key(first["obs"], camera or tw.get("camera"), f"{src}: data/{demos[0]}")
 
         def episodes() -> Iterator[Episode]:
             for k, demo in enumerate(demos):
@@ -150,10 +153,10 @@ def import_robomimic(src: str, out: str, *, task: Optional[str] = None, camera: 
                 action = np.asarray(d["actions"][()], dtype=np.float32)
                 if action.ndim != 2:
                     raise InteropError(f"{where}/actions: shape {action.shape}, expected (T, A)")
-                state = _state(obs, obs_keys, where, keys_used)
+                state = _state(obs, state_keys, where)
                 if len(state) != len(action):
                     raise InteropError(f"{where}: obs has {len(state)} steps, actions {len(action)}")
-                rgb = _camera(obs, cam_wanted, where, keys_used, len(action))
+                rgb = _frames(obs, image_key, where, len(action))
                 if "skill_id" in d and skills_vocab:
                     ids = np.asarray(d["skill_id"][()], dtype=np.int64)
                     if ids.shape != (len(action),) or ids.min() < 0 or ids.max() >= len(skills_vocab):
@@ -177,15 +180,29 @@ def import_robomimic(src: str, out: str, *, task: Optional[str] = None, camera: 
             counts = write_taskweave(tmp, episodes(), tasks=list(tw.get("tasks") or [name]),
                                      backend=tw.get("backend") or env_kwargs.get("backend") or "robomimic",
                                      control_hz=float(tw.get("control_hz") or env_kwargs.get("control_hz") or 10.0),
-                                     extra={**extra, "obs_keys": keys_used.get("state"),
-                                            "image_key": keys_used.get("image")}, where=src)
-    return {"format": "robomimic", "out": os.path.abspath(out), "obs_keys": keys_used.get("state"),
-            "image_key": keys_used.get("image"), **counts}
+                                     extra={**extra, "obs_keys": state_keys, "image_key": image_key}, where=src)
+    return {"format": "robomimic", "out": os.path.abspath(out), "obs_keys": state_keys, "image_key": image_key,
+            **counts}
 
 
-def _state(obs, obs_keys: Optional[list], where: str, used: dict) -> np.ndarray:
+def _state_keys(obs, obs_keys: Optional[list]) -> list:
     images = set(_image_keys(obs))
-    keys = obs_keys or (["state"] if "state" in obs else sorted(k for k in obs if k not in images))
+    return list(obs_keys or (["state"] if "state" in obs else sorted(k for k in obs if k not in images)))
+
+
+def _camera_key(obs, wanted: Optional[str], where: str) -> Optional[str]:
+    images = _image_keys(obs)
+    if wanted:
+        key = wanted if wanted in obs else f"{wanted}_image"
+        if key not in images:
+            raise InteropError(f"{where}/obs: no image key '{key}' (image keys: {', '.join(images) or 'none'})")
+        return key
+    if len(images) > 1:
+        raise InteropError(f"{where}/obs: several image keys ({', '.join(images)}); choose one with --camera")
+    return images[0] if images else None
+
+
+def _state(obs, keys: list, where: str) -> np.ndarray:
     parts = []
     for key in keys:
         if key not in obs:
@@ -200,24 +217,15 @@ def _state(obs, obs_keys: Optional[list], where: str, used: dict) -> np.ndarray:
         raise InteropError(f"{where}/obs: no low-dimensional keys for the state")
     if len({len(p) for p in parts}) != 1:
         raise InteropError(f"{where}/obs: keys {keys} have different lengths")
-    used.setdefault("state", list(keys))
     return np.concatenate(parts, axis=1)
 
 
-def _camera(obs, wanted: Optional[str], where: str, used: dict, t: int) -> Optional[np.ndarray]:
-    images = _image_keys(obs)
-    if wanted:
-        key = wanted if wanted in obs else f"{wanted}_image"
-        if key not in images:
-            raise InteropError(f"{where}/obs: no image key '{key}' (image keys: {', '.join(images) or 'none'})")
-    elif len(images) > 1:
-        raise InteropError(f"{where}/obs: several image keys ({', '.join(images)}); choose one with --camera")
-    elif images:
-        key = images[0]
-    else:
+def _frames(obs, key: Optional[str], where: str, t: int) -> Optional[np.ndarray]:
+    if key is None:
         return None
+    if key not in obs:
+        raise InteropError(f"{where}/obs: no image key '{key}'")
     frames = np.asarray(obs[key][()])
-    if frames.shape[0] != t or frames.shape[-1] != 3:
-        raise InteropError(f"{where}/obs/{key}: shape {frames.shape}, expected ({t}, H, W, 3) uint8")
-    used.setdefault("image", key)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[0] != t or frames.shape[-1] != 3:
+        raise InteropError(f"{where}/obs/{key}: shape {frames.shape} {frames.dtype}, expected ({t}, H, W, 3) uint8")
     return frames

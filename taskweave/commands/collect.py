@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from taskweave.commands.common import check_output_dir, nonnegative_int, positive_int
 from taskweave.sim.errors import UserError
 
 HELP = "record oracle demonstrations"
@@ -12,13 +13,14 @@ HELP = "record oracle demonstrations"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of `taskweave collect`."""
     p.add_argument("--tasks", required=True, help="comma-separated task names, or 'all'")
-    p.add_argument("--episodes", type=int, required=True, help="successful train episodes per task")
-    p.add_argument("--val-episodes", type=int, default=None, help="per task (default: episodes // 10)")
-    p.add_argument("--test-episodes", type=int, default=0, help="per task, stored for reference")
+    p.add_argument("--episodes", type=positive_int, required=True, help="successful train episodes per task")
+    p.add_argument("--val-episodes", type=positive_int, default=None, help="per task (default: episodes // 10)")
+    p.add_argument("--test-episodes", type=nonnegative_int, default=0, help="per task, stored for reference")
     p.add_argument("--backend", default="mujoco", choices=("mujoco", "pybullet"))
     p.add_argument("--out", required=True, help="dataset folder (reopened and resumed if it exists)")
-    p.add_argument("--rgb", type=int, default=0, metavar="SIZE", help="also record SIZExSIZE RGB frames")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    p.add_argument("--rgb", type=positive_int, default=0, metavar="SIZE",
+                   help="also record SIZExSIZE RGB frames (default: none)")
+    p.add_argument("--workers", type=positive_int, default=min(4, os.cpu_count() or 1))
 
 
 def task_names(spec: str) -> list:
@@ -34,6 +36,7 @@ def run(args) -> int:
     tasks = task_names(args.tasks)
     if args.episodes < 1:
         raise UserError("--episodes must be at least 1")
+    check_output_dir(args.out)   # before any worker starts
     stats = collect(tasks, args.episodes, args.backend, args.out, args.val_episodes, args.test_episodes,
                     args.rgb, args.workers)
     print(f"kept {stats['kept']} new episodes ({stats['failed']} failed oracle runs discarded, "

@@ -8,6 +8,7 @@ import os
 import sys
 from collections import Counter
 
+from taskweave.commands.common import add_llm_arguments, check_output_dir, llm_environment, seed_int
 from taskweave.sim.errors import UserError
 
 HELP = "generate new tasks with an LLM (GenSim-style)"
@@ -18,14 +19,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=("explore", "target"), default="explore")
     p.add_argument("--target", default="", help="target task (built-in or library) for --mode target")
     p.add_argument("--n", type=int, default=5, help="candidates to propose")
-    p.add_argument("--llm", default="offline", help="offline (the task composer), openai:MODEL or replay:FILE")
+    add_llm_arguments(p, "offline", "offline (the task composer), llama:MODEL, openai:MODEL or replay:FILE")
     p.add_argument("--library", default=None, help="library folder (default $TASKWEAVE_LIBRARY or ./task_library)")
     p.add_argument("--out", default=None, help="run folder (default runs/generate/<time>)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the offline composer")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the offline composer")
     p.add_argument("--seeds", type=int, default=4, help="oracle seeds per engine (accept at 3 of 4)")
     p.add_argument("--max-repairs", type=int, default=2)
     p.add_argument("--votes", type=int, default=2, help="reflection votes (any no rejects)")
     p.add_argument("--flaw-rate", type=float, default=0.3, help="offline composer: share of flawed drafts")
+    p.add_argument("--implement", choices=("code", "spec"), default="code",
+                   help="implement stage output: code (a task module, run only in the sandbox) or spec (a JSON task "
+                        "spec, constrained where the backend can; rendered into a module from a fixed template)")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
 
 
@@ -37,12 +41,14 @@ def run(args) -> int:
     from taskweave.generation.pipeline import GenerationPipeline, make_generator_llm
     from taskweave.sim.fileio import atomic_write_json
     out = args.out or os.path.join("runs", "generate", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    llm_environment(args)   # --llm-base-url / --llm-timeout / --llm-retries for the client built below
+    check_output_dir(out)
     library = TaskLibrary(args.library)
     llm = make_generator_llm(args.llm, args.seed, args.flaw_rate)
     if getattr(llm, "disclaimer", ""):
         print(f"note: {llm.disclaimer}", file=sys.stderr)
     pipe = GenerationPipeline(llm, library, out, args.mode, args.target, args.seeds, args.max_repairs, args.votes,
-                              llm_name=args.llm, log=print)
+                              llm_name=args.llm, log=print, implement=args.implement)
     os.makedirs(out, exist_ok=True)
     atomic_write_json(os.path.join(out, "config.json"),
                       {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))},

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from taskweave.commands.common import check_output_dir, positive_int
+
 HELP = "train the multitask diffusion policy"
 
 
@@ -17,8 +19,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--out", required=True, help="run folder (config, metrics, checkpoints)")
     ap.add_argument("--config", help="JSON file of DiffusionConfig fields")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto: CUDA when available)")
-    ap.add_argument("--steps", type=int, help="total optimiser steps (overrides the config)")
-    ap.add_argument("--batch-size", type=int, help="batch size per process (overrides the config)")
+    ap.add_argument("--steps", type=positive_int, help="total optimiser steps (overrides the config)")
+    ap.add_argument("--batch-size", type=positive_int, help="batch size per process (overrides the config)")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -30,6 +32,7 @@ def run(args) -> int:
     from taskweave.policies.train import train
 
     select_device(args.device)  # a bad --device fails before the config or dataset is read
+    check_output_dir(args.out)   # a run folder that cannot be written fails before any training
     cfg = DiffusionConfig.load(args.config) if args.config else None
     res = train(args.data, args.out, cfg, device=args.device, steps=args.steps, batch_size=args.batch_size,
                 resume=args.resume, progress=not args.no_progress)

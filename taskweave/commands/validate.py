@@ -1,7 +1,7 @@
 """`taskweave tasks validate FILE.py [--json] [--seeds N]`: validate a generated task file on both engines.
 
 Exit status 0 when the file is accepted, 1 when it is rejected (the reason goes to stderr); a
-missing or non-.py file or a bad --seeds value is a `UserError` (one line, exit 2).
+missing file, a folder, a non-.py or non-UTF-8 file or a bad --seeds value is a `UserError` (one line, exit 2).
 """
 from __future__ import annotations
 
@@ -26,8 +26,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     """Validate args.file and print the report (text or JSON); 0 accepted, 1 rejected."""
     path, seeds = args.file, int(getattr(args, "seeds", 4) or 0)
+    if not os.path.exists(path):
+        raise UserError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise UserError(f"{path}: is a folder, not a task file (give one FILE.py)")
     if not os.path.isfile(path) or not path.endswith(".py"):
         raise UserError(f"{path}: not a .py file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            f.read()
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read it: {e.strerror or e}") from None
     if not 1 <= seeds <= MAX_SEEDS:
         raise UserError(f"--seeds must be in 1..{MAX_SEEDS}")
     from taskweave.generation.validate import validate_task_file

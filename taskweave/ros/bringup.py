@@ -4,7 +4,7 @@
 against a robot driver's topics (like `launch/robot.launch.py`, remap with `--remap FROM:=TO`).
 The nodes get the same parameters as from the launch files and talk over real DDS, on a
 `MultiThreadedExecutor`. With `--instruction` the run publishes it, waits for the episode to end
-and exits 0 on success, 1 on failure; otherwise it runs for `--duration` seconds (0: until Ctrl-C).
+and exits 0 on success, 1 on failure, 3 when the run could not complete; otherwise it runs for `--duration` seconds (0: until Ctrl-C).
 """
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ def add_bringup_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy-task", default=POLICY_PARAMETERS["task"][0], help="task conditioning of the policy")
     p.add_argument("--planner", default=PLANNER_PARAMETERS["planner"][0],
                    choices=("tree", "clea", "iterative", "openloop"))
-    p.add_argument("--llm", default=PLANNER_PARAMETERS["llm"][0], help="offline | openai:MODEL | replay:FILE")
+    from taskweave.commands.common import add_llm_arguments
+    add_llm_arguments(p, PLANNER_PARAMETERS["llm"][0], "llama:MODEL | openai:MODEL | replay:FILE | offline")
     p.add_argument("--executor", default=PLANNER_PARAMETERS["executor"][0], choices=("scripted", "policy"))
     p.add_argument("--skill-timeout", type=float, default=PLANNER_PARAMETERS["skill_timeout"][0])
     p.add_argument("--instruction", nargs="?", const=TASK_INSTRUCTION, default=None,
@@ -79,7 +80,9 @@ def bringup_main(args=None) -> int:
         parser = argparse.ArgumentParser(prog="taskweave bringup", description=__doc__)
         add_bringup_arguments(parser)
         args = parser.parse_args(list(args) if args is not None else None)
+    from taskweave.commands.common import llm_environment
     from taskweave.ros.common import configure_ros_env
+    llm_environment(args)   # --llm-base-url / --llm-timeout / --llm-retries reach the planner node's client
     configure_ros_env(localhost_only=args.localhost, domain_id=args.domain_id)
     import rclpy
     from rclpy.context import Context
@@ -126,7 +129,8 @@ def _run(args, rclpy, ctx) -> int:
 
 
 def _report(args, status: dict) -> int:
-    """Print the outcome; the exit code (1 when an instruction was run and failed)."""
+    """Print the outcome; the exit code (1 when an instruction was run and failed, 3 when it could not complete:
+    the planner node's error state, or an LLM or executor failure)."""
     if args.json:
         print(json.dumps(status, indent=2, default=str))
     elif args.instruction is not None:
@@ -137,7 +141,10 @@ def _report(args, status: dict) -> int:
         print(f"{status.get('state')}: {status.get('instruction')!r}{err}")
     if args.instruction is None:
         return 0
-    return 0 if status.get("success") else 1
+    if status.get("success"):
+        return 0
+    incomplete = status.get("state") == "error" or bool((status.get("record") or {}).get("incomplete"))
+    return 3 if incomplete else 1
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

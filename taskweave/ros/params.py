@@ -31,7 +31,8 @@ POLICY_PARAMETERS = {
 
 PLANNER_PARAMETERS = {
     "planner": ("tree", "tree | clea | iterative | openloop"),
-    "llm": ("offline", "offline | openai:MODEL | replay:FILE"),
+    "llm": ("llama:smollm2-135m", "llama:MODEL (embedded local model, the default) | openai:MODEL | replay:FILE | "
+                                  "offline (the symbolic oracle: not a language model, control-flow tests only)"),
     "executor": ("scripted", "scripted (skills run by the sim) | policy (skills run by the policy node)"),
     "skill_timeout": (60.0, "seconds a skill may take before it counts as failed (timeout)"),
     "settle_ticks": (3, "observations the postcondition must hold before a policy skill counts as done"),

@@ -7,11 +7,13 @@ finger width (`/taskweave/gripper_command`, Float64) at `control_rate`.
 
 The policy is a plain function `policy_fn(obs: dict, skill: str) -> action (5,)` in [-1, 1]:
 (dx, dy, dz, dyaw, gripper), the end-effector delta of `sim.control.EEDeltaController`. A delta
-becomes an absolute target against the commanded target in the observation, so the sim turns it
-back into exactly the same delta. One new observation gives at most one action; between new
-observations the last target is repeated (it is absolute, so repeating it is harmless), and no
-command goes out without a skill or with an observation older than `obs_timeout` (the arm's
-watchdog then holds it).
+becomes an absolute target against the reference target `obs["ee_target"]` (the commanded target
+in the observation), so the sim turns it back into exactly the same delta. The node acts on its control timer, once per period, on the latest
+observation: a new one is the reference for the delta (its commanded target); when none has arrived
+since the last action (a loaded machine delivers states late or in bursts), the next action continues
+from the node's own last target, as an action chunk runs open loop between observations. No command
+goes out without a skill, while the sim runs a scripted skill, or with an observation older than
+`obs_timeout` (the arm's watchdog then holds it).
 """
 from __future__ import annotations
 
@@ -105,8 +107,8 @@ class PolicyNode(Node):
         self.obs, self.obs_time, self.obs_seq, self.used_seq = None, 0.0, None, None
         self.skill = ""
         self.command = None           # (pos, yaw, width) last computed
-        self.last_compute = 0.0
         self.actions, self.errors = 0, 0
+        self.stale_actions = 0        # actions taken without a new observation since the previous one
         self.pub_pose = make_pub(self, "/taskweave/ee_command")
         self.pub_grip = make_pub(self, "/taskweave/gripper_command")
         make_sub(self, "/taskweave/symbolic_state", self._on_obs)
@@ -128,42 +130,41 @@ class PolicyNode(Node):
         d = decode_state(msg.data)
         if d is None:
             return
-        with self.lock:
+        with self.lock:   # stored only: the control timer acts on it
             self.obs, self.obs_time, self.obs_seq = d, time.monotonic(), d.get("seq")
-            self._step(timer=False)
 
     def _on_timer(self) -> None:
         with self.lock:
-            self._step(timer=True)
+            self._step()
 
-    def _step(self, timer: bool) -> None:
-        """Act on a new observation at most once per control period; the timer repeats the last target."""
-        now = time.monotonic()
+    def _step(self) -> None:
+        """One action per control period on the latest observation, unless it is older than obs_timeout."""
         if self.policy_fn is None or not self.skill or self.obs is None:
             return
-        if now - self.obs_time > self.params["obs_timeout"]:
+        if time.monotonic() - self.obs_time > self.params["obs_timeout"]:
             return
         if (self.obs.get("watchdog") or {}).get("state") == "skill":
             return   # the sim is running a scripted skill; do not fight it
-        new = self.obs_seq is None or self.obs_seq != self.used_seq
-        if new and now - self.last_compute >= 0.9 / self.params["control_rate"]:
-            self.used_seq, self.last_compute = self.obs_seq, now
-            try:
-                a = np.asarray(self.policy_fn(self.obs, self.skill), dtype=float).reshape(-1)
-                if a.shape != (5,) or not np.all(np.isfinite(a)):
-                    raise ValueError(f"policy returned {a!r}, not 5 finite numbers")
-            except Exception as e:  # no command rather than a crashed node: the arm's watchdog holds it
-                self.command = None
-                self.errors += 1
-                if self.errors <= 3:
-                    self.get_logger().error(f"policy failed on {self.skill!r}: {type(e).__name__}: {e}")
-                return
-            ref_pos, ref_yaw = reference_target(self.obs)
-            self.command = delta_to_target(ref_pos, ref_yaw, a)
-            self.actions += 1
-            self._publish()
-        elif timer and self.command is not None:
-            self._publish()
+        new = self.obs_seq is None or self.obs_seq != self.used_seq or self.command is None
+        # a new observation carries the sim's commanded target; without one, go on from our own last target
+        # (the observation handed to the policy says so: its ee_target is the reference of the delta)
+        ref_pos, ref_yaw = reference_target(self.obs) if new else self.command[:2]
+        obs = self.obs if new else {**self.obs, "ee_target": [*(float(v) for v in ref_pos), float(ref_yaw)]}
+        try:
+            a = np.asarray(self.policy_fn(obs, self.skill), dtype=float).reshape(-1)
+            if a.shape != (5,) or not np.all(np.isfinite(a)):
+                raise ValueError(f"policy returned {a!r}, not 5 finite numbers")
+        except Exception as e:  # no command rather than a crashed node: the arm's watchdog holds it
+            self.command, self.used_seq = None, None
+            self.errors += 1
+            if self.errors <= 3:
+                self.get_logger().error(f"policy failed on {self.skill!r}: {type(e).__name__}: {e}")
+            return
+        self.used_seq = self.obs_seq
+        self.command = delta_to_target(ref_pos, ref_yaw, a)
+        self.actions += 1
+        self.stale_actions += int(not new)
+        self._publish()
 
     def _publish(self) -> None:
         pos, yaw, width = self.command

@@ -84,6 +84,7 @@ class SimNode(Node):
         self.skill_req = None
         self.requests = []
         self.current = ""             # skill named on /taskweave/current_skill
+        self.current_call = None      # ... parsed once when it changes, not on every tick
         self.current_before = None
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="taskweave-sim", daemon=True)
@@ -116,7 +117,7 @@ class SimNode(Node):
     def _on_current_skill(self, msg) -> None:
         with self.lock:
             if msg.data != self.current:
-                self.current = msg.data
+                self.current, self.current_call = msg.data, parse_skill(msg.data)
                 self.current_before = self.env.symbolic_state()
 
     # ---- the control tick ------------------------------------------------------
@@ -262,7 +263,7 @@ class SimNode(Node):
              "skill_features": [0.0] * SKILL_FEATURE_DIM, "skill_text": "",
              "skill_succeeded": False, "busy": self.skill is not None,
              "watchdog": self._watchdog_dict(), "skill_count": env.skill_count}
-        call = parse_skill(self.current)
+        call = self.current_call
         if call is not None:
             d["skill_features"] = skill_features(call, b, st)
             d["skill_text"] = skill_text(call, st)
