@@ -1,6 +1,7 @@
 """Oracle success of every built-in task on both backends; writes docs/results/oracle.md.
 
     python experiments/oracle.py --seeds 20 --workers 2
+    python experiments/oracle.py --seeds 20 --ray HOST:PORT      # on a Ray cluster
 """
 from __future__ import annotations
 
@@ -11,12 +12,10 @@ import os
 import platform
 import sys
 import time
-from concurrent.futures import as_completed
-
 from tqdm import tqdm
 
 from taskweave.sim.fileio import atomic_write_text
-from taskweave.sim.locks import worker_pool
+from taskweave.sim.rollouts import make_executor
 from taskweave.envs.metrics import rate_cell
 
 
@@ -38,6 +37,7 @@ def main(argv=None) -> int:
     ap.add_argument("--backends", default="mujoco,pybullet")
     ap.add_argument("--tasks", default="all")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--ray", default=None, metavar="ADDRESS", help="run on Ray: auto, HOST:PORT or local")
     ap.add_argument("--out", default="docs/results/oracle.md")
     args = ap.parse_args(argv)
     from taskweave.envs import TASKS
@@ -46,17 +46,18 @@ def main(argv=None) -> int:
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     t0 = time.time()
     results = []
-    with worker_pool(args.workers) as ex:   # workers end with this script, kill -9 included
-        futs = [ex.submit(_one, t, b, seeds) for b in backends for t in tasks]
-        for f in tqdm(as_completed(futs), total=len(futs), desc="oracle", unit="task"):
-            results.append(f.result())
+    jobs = [(t, b, seeds) for b in backends for t in tasks]
+    with make_executor(args.workers, args.ray) as ex:   # local workers end with this script, kill -9 included
+        where = ex.describe()
+        for _, r in tqdm(ex.imap_unordered(_one, jobs), total=len(jobs), desc="oracle", unit="task"):
+            results.append(r)
     table = {(r["task"], r["backend"]): r for r in results}
     lines = ["# Oracle success on the built-in tasks", "",
              f"Scripted skills executing each task's oracle plan (re-planned from the symbolic state up to 3 times "
              f"after a failed skill), {args.seeds} seeds per task ({seeds[0]}..{seeds[-1]}), real contact physics.",
              "", f"Reproduce: `python experiments/oracle.py --seeds {args.seeds} --first-seed {args.first_seed}`", "",
              f"Measured {datetime.date.today()} on {platform.processor() or platform.machine()} "
-             f"({os.cpu_count()} cores), {time.time() - t0:.0f} s wall with {args.workers} workers.", "",
+             f"({os.cpu_count()} cores), {time.time() - t0:.0f} s wall on {where}.", "",
              "| task | skills (mean) | " + " | ".join(f"{b} success [95% CI]" for b in backends) + " |",
              "|---|---|" + "---|" * len(backends)]
     worst = 1.0

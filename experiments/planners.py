@@ -21,7 +21,7 @@ import time
 from collections import defaultdict
 
 from taskweave.sim.fileio import atomic_write_json, atomic_write_text
-from taskweave.sim.locks import worker_pool
+from taskweave.sim.rollouts import make_executor
 from taskweave.planning import PLANNERS
 from taskweave.envs.metrics import rate_cell
 from taskweave.planning.llm import LLMClient, estimate_tokens, make_llm, messages_text
@@ -359,6 +359,8 @@ def main(argv=None) -> int:
     p.add_argument("--backtrack", default="physical", choices=("physical", "restore"),
                    help="Tree-Planner backtracking: physical (no simulator undo) or restore (privileged, counted)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--ray", default=None, metavar="ADDRESS", help="run the episodes on Ray: auto, HOST:PORT or local "
+                   "(--record part files are written where each job runs: use a shared folder on several nodes)")
     p.add_argument("--llm", default="offline", help="offline (the symbolic oracle: a control-flow test) | "
                    "llama:MODEL | openai:MODEL | replay:FILE")
     p.add_argument("--constrain", default="grammar", choices=("grammar", "none"))
@@ -389,9 +391,10 @@ def main(argv=None) -> int:
     print(f"{len(jobs)} episodes: {len(tasks)} tasks x {len(args.conditions)} conditions x {args.seeds} seeds x "
           f"{len(args.planners)} planners on {args.backend}, {args.workers} worker(s)", flush=True)
     t0, rows = time.monotonic(), []
-    with worker_pool(max(1, args.workers)) as pool:   # workers end with this script, kill -9 included
-        for i, row in enumerate(pool.map(episode_job, jobs, chunksize=2), 1):
-            rows.append(row)
+    rows = [None] * len(jobs)
+    with make_executor(max(1, args.workers), args.ray) as pool:   # local workers end with this script, kill -9 too
+        for i, (j, row) in enumerate(pool.imap_unordered(episode_job, [(job,) for job in jobs]), 1):
+            rows[j] = row
             if i % 20 == 0 or i == len(jobs):
                 print(f"  {i}/{len(jobs)} done ({time.monotonic() - t0:.0f} s)", flush=True)
     elapsed = time.monotonic() - t0

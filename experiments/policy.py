@@ -71,10 +71,10 @@ def steps(work: str, episodes: int, eval_episodes: int, backend: str) -> list:
     common = ["--backend", backend]
     return [
         (f"{d}/multi6/meta.json", ["taskweave", "collect", "--tasks", ",".join(TASKS), "--episodes", str(episodes),
-                                   "--val-episodes", str(episodes // 10), "--out", f"{d}/multi6", "--workers", "2",
+                                   "--val-episodes", str(max(1, episodes // 10)), "--out", f"{d}/multi6", "--workers", "2",
                                    *common]),
         (f"{d}/single/meta.json", ["taskweave", "collect", "--tasks", SINGLE, "--episodes", str(episodes),
-                                   "--val-episodes", str(episodes // 10), "--out", f"{d}/single", "--workers", "2",
+                                   "--val-episodes", str(max(1, episodes // 10)), "--out", f"{d}/single", "--workers", "2",
                                    *common]),
         (f"{r}/multi6/checkpoints/last.pt", ["taskweave", "train", "--data", f"{d}/multi6", "--out", f"{r}/multi6",
                                              "--config", CONFIG, "--device", "cpu"]),

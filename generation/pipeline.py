@@ -66,12 +66,13 @@ class GenerationPipeline:
     def __init__(self, llm, library: TaskLibrary, out_dir: str, mode: str = "explore", target: str = "",
                  seeds: int = 4, max_repairs: int = 2, reflect_votes: int = 2, backends=BACKENDS,
                  llm_name: str = "", temperatures: Optional[dict] = None, progress: bool = True, log=print,
-                 implement: str = "code") -> None:
+                 implement: str = "code", executor=None) -> None:
         if mode not in ("explore", "target"):
             raise GenerationSettingError(f"mode must be explore or target, got {mode!r}")
         if implement not in IMPLEMENT_FORMATS:
             raise GenerationSettingError(f"implement must be one of {', '.join(IMPLEMENT_FORMATS)}, got {implement!r}")
         self.implement_format = implement
+        self.executor = executor   # where the sandboxed validation jobs run (taskweave.sim.rollouts; None: local)
         self.llm, self.library, self.out_dir, self.mode = llm, library, out_dir, mode
         self.seeds, self.max_repairs, self.reflect_votes = int(seeds), int(max_repairs), int(reflect_votes)
         self.backends, self.progress, self.log = tuple(backends), progress, log
@@ -115,7 +116,7 @@ class GenerationPipeline:
         constraint = Constraint("json_schema", stage, schema=schema) if schema is not None else None
         resp = self.llm.complete(msgs, n=n, temperature=self.temps[stage], tag=f"generate.{stage}",
                                  constraint=constraint, max_tokens=max_tokens or MAX_TOKENS[stage])
-        if resp.truncated and cand is not None:
+        if getattr(resp, "truncated", False) and cand is not None:
             cand.truncated.append(stage)
         self.stats.usage(stage, resp)
         texts = [str(t) for t in getattr(resp, "texts", [])]
@@ -256,7 +257,7 @@ class GenerationPipeline:
                 rep = ValidationReport(file=fname, seeds=list(range(self.seeds)), passed={"parse": False},
                                        reason=f"task spec: {cand.spec_error}")
             else:
-                rep = validate_source(code, fname, self.seeds, self.backends)
+                rep = validate_source(code, fname, self.seeds, self.backends, executor=self.executor)
             self._write(cand, f"attempt_{attempt + 1}.json", json.dumps(rep.to_dict(), indent=1))
             cand.attempts.append({"code_file": fname, "stage": rep.stage, "reason": rep.reason[:500],
                                   "accepted": rep.accepted, "duration_s": rep.duration_s})

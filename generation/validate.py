@@ -6,8 +6,11 @@ Stages, in order; the first that fails rejects the module with a reason naming i
             success or what the oracle does: the main process only ever uses goals as data)
   inspect - the sandbox builds the scene for K seeds (plus a repeat of the first, to catch
             non-determinism) and the scene, instruction and goals are rebuilt here as checked data
-  oracle  - the sandbox runs the oracle for K seeds on each backend (backends in parallel);
-            accepted iff it succeeds on at least ceil(3K/4) seeds in every engine (3 of 4).
+  oracle  - the sandbox runs the oracle for K seeds on each backend; accepted iff it succeeds on at
+            least ceil(3K/4) seeds in every engine (3 of 4).
+The sandboxed jobs (the inspect build, then the oracle runs per backend and group of seeds) are dispatched
+through the rollout executor (`taskweave.sim.rollouts`; `--workers N` / `--ray ADDRESS`): local worker
+processes by default (one per backend), a Ray cluster's nodes with --ray. The verdict does not depend on it.
 Command line: `taskweave tasks validate FILE.py [--json] [--seeds N]` (`taskweave.commands.validate`).
 """
 from __future__ import annotations
@@ -17,14 +20,15 @@ import math
 import os
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from typing import Optional
 
 from taskweave.envs.task import TaskError
 from taskweave.generation.library import NAME_RE, task_record
 from taskweave.generation.sandbox.launcher import run_sandboxed
 from taskweave.generation.sandbox.static import check_source
 from taskweave.generation.task import goals_from_data, scene_from_data
+from taskweave.sim.rollouts import RolloutExecutor, make_executor
 
 BACKENDS = ("mujoco", "pybullet")
 STAGES = ("parse", "static", "inspect", "oracle")
@@ -113,9 +117,13 @@ def _sandbox_failure(res) -> str:
     return res.error or f"exit status {res.returncode}"
 
 
-def _inspect(source: str, seeds: list, rep: ValidationReport) -> bool:
-    res = run_sandboxed(source, {"kind": "inspect", "seeds": seeds + seeds[:1]}, timeout_s=15 + 2 * len(seeds),
-                        memory_mb=1024)
+def inspect_job(source: str, seeds: list):
+    """The sandboxed build of the scene for every seed, plus a repeat of the first (an executor job)."""
+    return run_sandboxed(source, {"kind": "inspect", "seeds": seeds + seeds[:1]}, timeout_s=15 + 2 * len(seeds),
+                         memory_mb=1024)
+
+
+def _inspect(res, seeds: list, rep: ValidationReport) -> bool:
     builds = (res.result or {}).get("builds")
     if type(builds) is not list or len(builds) != len(seeds) + 1:
         rep.reason = f"the sandboxed build did not finish: {_sandbox_failure(res)}"
@@ -157,7 +165,8 @@ def _inspect(source: str, seeds: list, rep: ValidationReport) -> bool:
     return True
 
 
-def _oracle_one(source: str, backend: str, seeds: list) -> dict:
+def oracle_job(source: str, backend: str, seeds: list) -> dict:
+    """The sandboxed oracle on one backend for some seeds (an executor job)."""
     need = required_successes(len(seeds))
     res = run_sandboxed(source, {"kind": "oracle", "seeds": seeds, "backends": [backend]},
                         timeout_s=30 + 15 * len(seeds), memory_mb=ORACLE_MEMORY_MB)
@@ -183,6 +192,26 @@ def _oracle_one(source: str, backend: str, seeds: list) -> dict:
         out["runs"].append(row)
     out["successes"] = sum(r["success"] for r in out["runs"])
     return out
+
+
+def _merge_oracle(parts: list) -> dict:
+    """One backend's oracle record from the records of its groups of seeds (in seed order)."""
+    seeds = [s for p in parts for s in p["seeds"]]
+    runs = [r for p in parts for r in p["runs"]]
+    return {"seeds": seeds, "required": required_successes(len(seeds)), "successes": sum(r["success"] for r in runs),
+            "runs": runs, "error": next((p["error"] for p in parts if p["error"]), ""),
+            "duration_s": round(sum(p["duration_s"] for p in parts), 2)}
+
+
+def _oracle(source: str, seeds: list, backends, executor: RolloutExecutor) -> dict:
+    """backend -> oracle record, the seeds of each backend split into groups so that the executor's workers
+    all have a job (one group per backend on two workers)."""
+    groups = max(1, min(len(seeds), executor.parallelism // max(1, len(backends))))
+    size = math.ceil(len(seeds) / groups)
+    chunks = [seeds[i:i + size] for i in range(0, len(seeds), size)]
+    jobs = [(source, b, c) for b in backends for c in chunks]
+    parts = executor.map(oracle_job, jobs)
+    return {b: _merge_oracle([p for (_, jb, _), p in zip(jobs, parts) if jb == b]) for b in backends}
 
 
 def _oracle_reason(oracle: dict) -> tuple:
@@ -212,8 +241,13 @@ def _oracle_reason(oracle: dict) -> tuple:
 
 
 def validate_source(source: str, filename: str = "<task>", seeds: int = 4, backends=BACKENDS,
-                    first_seed: int = 0) -> ValidationReport:
-    """Run every validation stage on a module's source; the report says whether it is accepted and why not."""
+                    first_seed: int = 0, executor: Optional[RolloutExecutor] = None) -> ValidationReport:
+    """Run every validation stage on a module's source; the report says whether it is accepted and why not.
+
+    The sandboxed jobs run through executor (default: a local pool of one worker per backend, closed after)."""
+    if executor is None:
+        with make_executor(max(1, len(backends))) as own:
+            return validate_source(source, filename, seeds, backends, first_seed, own)
     t0 = time.monotonic()
     rep = ValidationReport(file=filename, seeds=list(range(first_seed, first_seed + seeds)))
     try:
@@ -232,13 +266,11 @@ def validate_source(source: str, filename: str = "<task>", seeds: int = 4, backe
         rep.reason = f"{len(rep.violations)} static policy violation(s), first: {rep.violations[0].split(': ', 1)[-1]}"
         return _done(rep, t0)
     rep.stage = "inspect"
-    rep.passed["inspect"] = _inspect(source, rep.seeds, rep)
+    rep.passed["inspect"] = _inspect(executor.map(inspect_job, [(source, rep.seeds)])[0], rep.seeds, rep)
     if not rep.passed["inspect"]:
         return _done(rep, t0)
     rep.stage = "oracle"
-    with ThreadPoolExecutor(max_workers=len(backends)) as pool:
-        futures = {b: pool.submit(_oracle_one, source, b, rep.seeds) for b in backends}
-        rep.oracle = {b: f.result() for b, f in futures.items()}
+    rep.oracle = _oracle(source, rep.seeds, backends, executor)
     rep.reason, rep.details = _oracle_reason(rep.oracle)
     rep.passed["oracle"] = not rep.reason
     if rep.passed["oracle"]:
@@ -251,9 +283,10 @@ def _done(rep: ValidationReport, t0: float) -> ValidationReport:
     return rep
 
 
-def validate_task_file(path: str, seeds: int = 4, backends=BACKENDS) -> ValidationReport:
+def validate_task_file(path: str, seeds: int = 4, backends=BACKENDS,
+                       executor: Optional[RolloutExecutor] = None) -> ValidationReport:
     """Validate a task module file on both backends (see the module docstring for the stages)."""
     with open(path, encoding="utf-8") as f:
         source = f.read()
-    return validate_source(source, os.path.basename(path), seeds, tuple(backends))
+    return validate_source(source, os.path.basename(path), seeds, tuple(backends), executor=executor)
 

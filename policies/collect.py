@@ -2,7 +2,10 @@
 
 A run holds the dataset folder's lock (`taskweave.sim.locks.FolderLock`) from start to finalize: a second
 collect on the same --out refuses, naming the holder; a killed run's lock is taken over by the next one,
-which first removes the temporaries the killed run left. Pool workers die with the run (`worker_pool`).
+which first removes the temporaries the killed run left. Episodes run through the rollout executor
+(`taskweave.sim.rollouts`: inline, local workers that die with the run, or Ray); a worker that dies mid-episode
+only costs that episode, which runs again, and the driver alone writes, in seed order, so every episode is
+stored exactly once.
 """
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ from taskweave.envs.observation import PROPRIO_LAYOUT, camera_key, policy_state
 from taskweave.policies.dataset import DatasetError, DatasetWriter
 from taskweave.policies.integrity import remove_partials
 from taskweave.sim.errors import UserError
-from taskweave.sim.locks import FolderLock, worker_pool
+from taskweave.sim.locks import FolderLock
+from taskweave.sim.rollouts import RolloutExecutor, make_executor
 
 # Disjoint seed ranges per split (GenSim keeps train and test seeds apart in the same way).
 SPLIT_SEED_BASE = {"train": 0, "val": 10_000_000, "test": 20_000_000}
@@ -93,17 +97,15 @@ def record_episode(task: str, backend: str, seed: int, rgb_size: int = 0, obs: s
     return out
 
 
-def _job(args) -> Optional[dict]:
-    return record_episode(*args)
-
-
 def collect(tasks: list, episodes: int, backend: str, out: str, val_episodes: Optional[int] = None,
             test_episodes: int = 0, rgb: int = 0, workers: int = 1, progress: bool = True, obs: str = "state",
-            image_size: int = ROBOT_IMAGE_SIZE) -> dict:
+            image_size: int = ROBOT_IMAGE_SIZE, executor: Optional[RolloutExecutor] = None) -> dict:
     """Collect successful oracle episodes for every task and split; resumable; finalises meta.json.
 
     obs "state" (default) records the privileged state (and --rgb frames); "robot" also records camera frames
-    (image_size square) and proprio per tick, and the skill sentences as the segments' texts."""
+    (image_size square) and proprio per tick, and the skill sentences as the segments' texts.
+    Episodes run through `executor` (default: `make_executor(workers)`, closed at the end); which seeds are
+    kept and the order they are stored in do not depend on it (see `_Stream`)."""
     from taskweave.envs import get_task
     if obs not in OBS:
         raise UserError(f"obs must be one of {', '.join(OBS)}, got {obs!r}")
@@ -114,15 +116,75 @@ def collect(tasks: list, episodes: int, backend: str, out: str, val_episodes: Op
         raise UserError(f"--image-size must be at least 8, got {image_size}")
     for t in tasks:
         get_task(t)  # unknown names fail here, before any work
-    with FolderLock(out, "collect") as lock:
-        removed = lock.clean_temporaries() + remove_partials(os.path.join(out, "data.zarr"))
-        if removed:
-            print(f"removed {len(removed)} temporary file(s) an interrupted run left in {out}", file=sys.stderr)
-        return _collect(tasks, episodes, backend, out, val_episodes, test_episodes, rgb, workers, progress,
-                        obs, image_size)
+    own = executor is None
+    executor = make_executor(workers) if own else executor
+    try:
+        with FolderLock(out, "collect") as lock:
+            removed = lock.clean_temporaries() + remove_partials(os.path.join(out, "data.zarr"))
+            if removed:
+                print(f"removed {len(removed)} temporary file(s) an interrupted run left in {out}", file=sys.stderr)
+            return _collect(tasks, episodes, backend, out, val_episodes, test_episodes, rgb, executor, progress,
+                            obs, image_size)
+    finally:
+        if own:
+            executor.close()
 
 
-def _collect(tasks, episodes, backend, out, val_episodes, test_episodes, rgb, workers, progress, obs="state",
+class _Stream:
+    """The episodes still wanted for one (task, split): seeds are tried in order and the first `need`
+    successes are stored, in seed order, whatever finishes first; so the kept seeds and their order depend
+    only on the seeds, never on the executor or its worker count."""
+
+    def __init__(self, task: str, split: str, need: int, todo: list) -> None:
+        self.task, self.split, self.need, self.todo = task, split, need, todo
+        self.submitted: list = []   # seeds handed to the executor, in seed order
+        self.results: dict = {}     # seed -> episode or None (failed), not yet committed
+        self.pos = 0                # submitted[:pos] are committed or discarded
+        self.kept = 0
+
+    def deficit(self) -> int:
+        """Successes still missing if every seed in flight succeeds."""
+        hopeful = sum(1 for s in self.submitted[self.pos:] if self.results.get(s, True) is not None)
+        return self.need - self.kept - hopeful
+
+    def can_submit(self) -> bool:
+        return self.deficit() > 0 and len(self.submitted) < len(self.todo)
+
+    @property
+    def done(self) -> bool:
+        return self.kept >= self.need or (self.pos == len(self.submitted) == len(self.todo))
+
+
+def _commit(streams: list, cur: int, writer: DatasetWriter, stats: dict, bar, want: dict) -> int:
+    """Store the finished episodes that are next in seed order, stream after stream; returns the stream now
+    being committed (len(streams) when all are complete)."""
+    while cur < len(streams):
+        st = streams[cur]
+        while not st.done and st.pos < len(st.submitted) and st.submitted[st.pos] in st.results:
+            seed = st.submitted[st.pos]
+            res = st.results.pop(seed)
+            st.pos += 1
+            stats["attempted"] += 1
+            if res is None:
+                stats["failed"] += 1
+                continue
+            writer.add_episode(st.task, seed, res["state"], res["action"], res["skills"], rgb=res.get("rgb"),
+                               split=st.split, segment_lengths=res["segment_lengths"], frames=res.get("frames"),
+                               proprio=res.get("proprio"))
+            st.kept += 1
+            stats["kept"] += 1
+            bar.update(1)
+        if not st.done:
+            return cur
+        st.results.clear()
+        if st.kept < st.need:
+            have = want[st.split] - st.need + st.kept
+            print(f"warning: {st.task} {st.split}: only {have}/{want[st.split]} successful episodes", file=sys.stderr)
+        cur += 1
+    return cur
+
+
+def _collect(tasks, episodes, backend, out, val_episodes, test_episodes, rgb, executor, progress, obs="state",
              image_size=ROBOT_IMAGE_SIZE) -> dict:
     """collect() once the dataset folder is locked."""
     val = episodes // 10 if val_episodes is None else val_episodes
@@ -140,43 +202,39 @@ def _collect(tasks, episodes, backend, out, val_episodes, test_episodes, rgb, wo
         asked = f"{rgb}x{rgb} RGB frames (--rgb {rgb})" if rgb else "no RGB frames"
         raise DatasetError(f"{out}: the dataset has {have}; refusing to append episodes with {asked} "
                            f"(use the same --rgb or another --out)")
-    stats = {"attempted": 0, "kept": 0, "failed": 0, "skipped_existing": 0}
+    stats = {"attempted": 0, "kept": 0, "failed": 0, "skipped_existing": 0, "executor": executor.describe()}
     total = sum(want.values()) * len(tasks)
     bar = tqdm(total=total, desc=f"collect [{backend}]", unit="ep", file=sys.stderr, disable=not progress or None)
-    pool = worker_pool(workers) if workers > 1 else None
+    streams = []
+    for task in tasks:
+        for split in SPLITS:
+            have = sum(1 for e in writer.episodes if e["task"] == task and e["split"] == split)
+            stats["skipped_existing"] += have
+            bar.update(min(have, want[split]))
+            todo = [s for s in split_seeds(split, want[split]) if not writer.has_episode(task, s)]
+            streams.append(_Stream(task, split, max(0, want[split] - have), todo))
+    window = max(2, 2 * executor.parallelism)
+    owner, cur = {}, 0       # ticket -> (stream index, seed) of the jobs in flight; the stream being committed
     try:
-        for task in tasks:
-            for split in SPLITS:
-                have = sum(1 for e in writer.episodes if e["task"] == task and e["split"] == split)
-                stats["skipped_existing"] += have
-                bar.update(min(have, want[split]))
-                todo = [s for s in split_seeds(split, want[split]) if not writer.has_episode(task, s)]
-                i = 0
-                while have < want[split] and i < len(todo):
-                    batch = todo[i:i + max(1, workers * 2)]
-                    i += len(batch)
-                    jobs = [(task, backend, s, rgb, obs, image_size) for s in batch]
-                    results = pool.map(_job, jobs) if pool else map(_job, jobs)
-                    for s, res in zip(batch, results):
-                        stats["attempted"] += 1
-                        if res is None:
-                            stats["failed"] += 1
-                            continue
-                        if have >= want[split]:
-                            continue
-                        writer.add_episode(task, s, res["state"], res["action"], res["skills"], rgb=res.get("rgb"),
-                                           split=split, segment_lengths=res["segment_lengths"],
-                                           frames=res.get("frames"), proprio=res.get("proprio"))
-                        stats["kept"] += 1
-                        have += 1
-                        bar.update(1)
-                if have < want[split]:
-                    print(f"warning: {task} {split}: only {have}/{want[split]} successful episodes", file=sys.stderr)
+        while True:
+            cur = _commit(streams, cur, writer, stats, bar, want)
+            if cur >= len(streams):
+                break
+            buffered = sum(len(st.results) for st in streams[cur:])
+            for k in range(cur, len(streams)):   # keep the workers busy, the stream being committed first
+                st = streams[k]
+                while st.can_submit() and len(owner) + (buffered if k > cur else 0) < window:
+                    seed = st.todo[len(st.submitted)]
+                    st.submitted.append(seed)
+                    owner[executor.submit(record_episode, st.task, backend, seed, rgb, obs, image_size)] = (k, seed)
+            ticket, res = executor.next_done()
+            k, seed = owner.pop(ticket)
+            if k >= cur and not streams[k].done:   # else an extra seed tried in parallel: not needed
+                streams[k].results[seed] = res
     finally:
         bar.close()
-        if pool:
-            pool.shutdown()
     meta = writer.finalize()
     stats["meta"] = meta
     stats["episodes"] = writer.num_episodes
+    stats["retried"] = executor.retried
     return stats

@@ -1,62 +1,164 @@
 """Evaluate the learned policy as the controller of each task's oracle skill sequence (`taskweave eval` runs it)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
 import time
 from collections import defaultdict
 
+import numpy as np
 from tqdm import tqdm
 
 from taskweave.envs.metrics import rate_cell, wilson_interval
 from taskweave.envs.observation import POLICY_STATE_DIM
+from taskweave.sim.errors import UserError
 from taskweave.sim.fileio import atomic_write_text
 from taskweave.policies.collect import SPLIT_SEED_BASE
+from taskweave.policies.diffusion.configuration import policy_inputs
 
 
-def evaluate(checkpoint: str, tasks: list, episodes: int, backend: str = "mujoco", split: str = "test",
+EPISODES = 50          # episodes per task by default (issue 12: enough for a Wilson interval to mean something)
+_CACHE: dict = {}      # per process (a worker's, or this one inline): loaded policies and envs, reused by jobs
+
+
+def evaluate(checkpoint: str, tasks: list, episodes: int = EPISODES, backend: str = "mujoco", split: str = "test",
              num_envs: int = 8, device: str = "auto", max_ticks: int = 150, inference_steps=None,
-             video_dir=None, progress: bool = True, action_horizon=None) -> dict:
-    """Per-task and per-skill success of the policy over held-out seeds, with 95% Wilson intervals."""
-    from taskweave.envs import get_task, make_env
-    from taskweave.policies.controllers import run_policy_episodes
-    from taskweave.policies.runner import PolicyRunner
+             video_dir=None, progress: bool = True, action_horizon=None, text_ablation: str = "none",
+             executor=None, workers: int = 1) -> dict:
+    """Per-task and per-skill success of the policy over held-out seeds, with 95% Wilson intervals.
 
+    Robot-input checkpoints run in robot-mode envs (their cameras and frame size); text_ablation 'constant' or
+    'shuffled' replaces the skill language the policy is given (`controllers.ablated_text`).
+    Episodes run as jobs of up to num_envs envs in lockstep (batched inference), through `executor`
+    (`taskweave.sim.rollouts`; default `make_executor(workers)`); the sampling noise of each episode comes from
+    its own generator seeded by the episode's seed, so results depend neither on the task order nor on the
+    executor or its worker count (they do on num_envs only through floating-point rounding in a batch)."""
+    from taskweave.envs import get_task
+    from taskweave.policies.runner import PolicyRunner
+    from taskweave.sim.rollouts import make_executor
+
+    if split not in SPLIT_SEED_BASE:
+        raise UserError(f"split must be one of {', '.join(SPLIT_SEED_BASE)}, got {split!r}")
     for t in tasks:
-        get_task(t)
+        get_task(t)   # an unknown name is an error (UnknownTaskError), before any episode
     n_env = max(1, min(num_envs, episodes))
-    runner = PolicyRunner.from_checkpoint(checkpoint, num_envs=n_env, device=device,
-                                          num_inference_steps=inference_steps, seed=0,
-                                          action_horizon=action_horizon)
-    task_ids = {t: runner.task_index(t) for t in tasks}   # a task the checkpoint never saw is an error, up front
+    runner = PolicyRunner.from_checkpoint(checkpoint, num_envs=1, device=device, num_inference_steps=inference_steps,
+                                          seed=0, action_horizon=action_horizon)
+    for t in tasks:
+        runner.task_index(t)   # a task the checkpoint never saw is an error, up front (never a silent id 0)
     runner.check_state_size(POLICY_STATE_DIM)
+    cfg = runner.config   # what the policy sees decides the envs' observations
+    env_kw = dict(obs_mode="robot", image_size=int(cfg.image_shape[0]), cameras=cfg.cameras) if runner.robot else {}
+    opts = {"device": device, "inference_steps": inference_steps, "action_horizon": action_horizon,
+            "max_ticks": max_ticks, "text_ablation": text_ablation, "env_kw": env_kw}
+    base = SPLIT_SEED_BASE[split]
+    jobs = [(checkpoint, task, backend, [base + i for i in range(start, min(episodes, start + n_env))], opts,
+             bool(video_dir) and start == 0) for task in tasks for start in range(0, episodes, n_env)]
+    own = executor is None
+    executor = make_executor(workers) if own else executor
     t0 = time.perf_counter()
-    per_task = {}
+    results = [None] * len(jobs)
     bar = tqdm(total=episodes * len(tasks), desc=f"eval [{backend}]", unit="ep", file=sys.stderr,
                disable=not progress or None)
-    for task in tasks:
-        envs = [make_env(task, backend, control="ee_delta") for _ in range(n_env)]
-        tid = task_ids[task]
-        rows, base = [], SPLIT_SEED_BASE[split]
-        frames = [] if video_dir else None
-        for start in range(0, episodes, n_env):
-            seeds = [base + start + i for i in range(n_env)]
-            res = run_policy_episodes(envs, seeds, runner, [tid] * n_env, max_ticks,
-                                      frames=frames if start == 0 else None)
-            rows += res[: episodes - start]
-            bar.update(min(n_env, episodes - start))
-        for e in envs:
-            e.close()
-        if video_dir and frames:
+    try:
+        for i, res in executor.imap_unordered(eval_job, jobs):
+            results[i] = res
+            bar.update(len(res["rows"]))
+    finally:
+        bar.close()
+        if own:
+            executor.close()
+        if executor.kind == "inline":
+            release_cache()
+    per_task = {task: [] for task in tasks}
+    for job, res in zip(jobs, results):
+        per_task[job[1]] += res["rows"]
+        if res["frames"]:
             from taskweave.sim.video import write_video
-            write_video(os.path.join(video_dir, f"{task}.mp4"), frames)
-        per_task[task] = rows
-    bar.close()
-    out = summarise(per_task, checkpoint, backend, split, time.perf_counter() - t0, runner.device)
+            write_video(os.path.join(video_dir, f"{job[1]}.mp4"), res["frames"])
+    devices = sorted({r["device"] for r in results})
+    out = summarise(per_task, checkpoint, backend, split, time.perf_counter() - t0, ", ".join(devices))
     out["action_horizon"] = runner.action_horizon
     out["inference_steps"] = runner.num_inference_steps or runner.config.num_inference_steps
+    out.update(policy_inputs(cfg))   # 'policy_inputs' (e.g. rgb:front, rgb:wrist, proprio, text), 'privileged'
+    out["text_ablation"], out["done_by"] = text_ablation, "done head" if runner.has_done_head else "postcondition"
+    out["num_envs"], out["executor"] = n_env, executor.describe()
+    out["sampling"] = "per-episode generators seeded by the episode seed"
     return out
+
+
+def eval_job(checkpoint: str, task: str, backend: str, seeds: list, opts: dict, video: bool) -> dict:
+    """One job: the episodes of `seeds` in lockstep envs with batched inference, in this process; returns
+    {'rows': per-episode records, 'frames': the first episode's frames when video, 'device'}."""
+    import torch
+
+    from taskweave.envs import make_env
+    from taskweave.policies.controllers import run_policy_episodes
+    from taskweave.policies.diffusion import load_policy
+    from taskweave.policies.device import select_device
+    from taskweave.policies.runner import PolicyRunner
+
+    key = ("policy", os.path.abspath(checkpoint), opts["device"])
+    if key not in _CACHE:
+        _CACHE[key] = load_policy(checkpoint, select_device(opts["device"]), use_ema=True)
+    policy = _CACHE[key]
+    runner = PolicyRunner(policy, num_envs=len(seeds), device=next(policy.parameters()).device,
+                          num_inference_steps=opts["inference_steps"], seed=0, action_horizon=opts["action_horizon"])
+    runner.source = checkpoint
+    runner.seed_envs(seeds)   # per-episode sampling noise
+    ekey = ("envs", task, backend, repr(sorted(opts["env_kw"].items())))
+    envs = _CACHE.setdefault(ekey, [])
+    while len(envs) < len(seeds):
+        envs.append(make_env(task, backend, control="ee_delta", **opts["env_kw"]))
+    frames = [] if video else None
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # the same floating-point reductions in every process
+    try:
+        rec = _ActionDigest(runner)
+        rows = run_policy_episodes(envs[:len(seeds)], seeds, rec,
+                                   None if runner.robot else [runner.task_index(task)] * len(seeds),
+                                   opts["max_ticks"], frames=frames, text_ablation=opts["text_ablation"])
+    finally:
+        torch.set_num_threads(threads)
+    for row, h in zip(rows, rec.digests):
+        row["action_sha256"] = h.hexdigest()[:16]
+    return {"rows": rows, "frames": frames, "device": str(runner.device)}
+
+
+class _ActionDigest:
+    """A PolicyRunner as run_policy_episodes sees it, hashing the actions each running env is given: an
+    episode's 'action_sha256' is the same for the same checkpoint and seed whatever ran it (the audit of
+    same seeds, same results); envs already done ('idle') are left out."""
+
+    def __init__(self, runner) -> None:
+        self._runner = runner
+        self.digests = [hashlib.sha256() for _ in range(runner.num_envs)]
+
+    def __getattr__(self, name):
+        return getattr(self._runner, name)
+
+    def act_done(self, obs_batch, skill_texts, task_ids=None):
+        """The runner's act_done, noting each running env's action."""
+        actions, done = self._runner.act_done(obs_batch, skill_texts, task_ids)
+        for i, text in enumerate(skill_texts):
+            if text != "idle":
+                self.digests[i].update(np.asarray(actions[i], dtype=np.float32).tobytes())
+        return actions, done
+
+    def act(self, obs_batch, skill_texts, task_ids=None):
+        """The runner's act, noting each running env's action."""
+        return self.act_done(obs_batch, skill_texts, task_ids)[0]
+
+
+def release_cache() -> None:
+    """Close the envs and drop the policies eval_job keeps in this process."""
+    for key, value in list(_CACHE.items()):
+        if key[0] == "envs":
+            for env in value:
+                env.close()
+    _CACHE.clear()
 
 
 def summarise(per_task: dict, checkpoint: str, backend: str, split: str, wall: float, device) -> dict:
@@ -110,7 +212,10 @@ def skill_table(r: dict) -> list:
 def to_markdown(r: dict) -> str:
     """A markdown report of an evaluation."""
     lines = [f"Checkpoint `{r['checkpoint']}`, backend {r['backend']}, {r['split']} seeds, device {r['device']}, "
-             f"{r['wall_time']} s.", "", *task_table(r), "", *skill_table(r)]
+             f"{r['wall_time']} s."]
+    if r.get("planner"):
+        lines[0] += f" Skills chosen by the {r['planner']} planner (LLM {r['llm']}), executed by the policy."
+    lines += ["", *task_table(r), "", *skill_table(r)]
     lines += ["", f"Overall per-skill success: {r['overall_skill_success_rate']:.1%}; episode success "
               f"{r['pc_success']:.1f}%."]
     return "\n".join(lines)

@@ -1,5 +1,7 @@
 """Train the diffusion policy on a demonstration dataset; resumable, single process or DDP under torchrun.
 
+(~440 lines: one training loop with its DDP, exact-resume and validation wiring, read together.)
+
 `taskweave train` (flags in `taskweave.commands.train`) calls `train()`. DDP: `torchrun
 --nproc_per_node=N -m taskweave.policies.train --data DIR --out RUN ...` (the same flags). A run folder holds config.json (the full config, dims filled in), run_info.json, metrics.jsonl,
 checkpoints/last.pt (full training state, rewritten every checkpoint_every steps) and
@@ -7,6 +9,13 @@ checkpoints/step_NNNNNNN.pt (weights and EMA only), plus tensorboard/ when Tenso
 Rank 0 holds the run folder's lock (`taskweave.sim.locks.FolderLock`) for the whole run and first removes
 the `.tmp-*` files an interrupted write left; run_info.json records the dataset's fingerprint, and
 `--resume` on another dataset (or on one changed since) is refused.
+
+Robot-input configs (`obs_mode="robot"`) train on the dataset's camera frames, proprio, skill sentences
+and done targets (no state, no task id). Every `val_every` steps rank 0 measures the val split (a fixed
+subset of its windows, fixed noise, EMA weights): loss parts and the sampled chunk's action MSE go to
+val_metrics.jsonl and the best validation loss is kept as checkpoints/best.pt. A resume is exact: last.pt
+holds every rank's RNG states and the data order is taken up where it stopped (`policies/resume.py`);
+a resume with more `--steps` continues the LR from where it was down to the new end (never back up).
 """
 from __future__ import annotations
 
@@ -21,8 +30,8 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.distributed as dist
-from diffusers.optimization import get_scheduler
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
@@ -38,6 +47,8 @@ from .diffusion.checkpoint import load_checkpoint, save_checkpoint
 from .diffusion.configuration import DiffusionConfig
 from .diffusion.modeling import DiffusionPolicy
 from .diffusion.text_encoder import make_text_encoder
+from .resume import LRSchedule, ResumableSampler, data_position, rng_state, set_rng_state
+from .validation import policy_dataset, val_batches, validate
 from .interop.tensorboard import log_scalars, open_tensorboard
 
 
@@ -105,8 +116,39 @@ class EMA:
 
 
 def _dist_env() -> tuple[int, int, int]:
-    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-            int(os.environ.get("LOCAL_RANK", 0)))
+    """(RANK, WORLD_SIZE, LOCAL_RANK) as torchrun sets them (one process: 0, 1, 0); a world of several processes
+    also needs MASTER_ADDR and MASTER_PORT (the rendezvous torchrun sets up), else a TrainError says so."""
+    try:
+        rank, world, local = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
+    except ValueError:
+        raise TrainError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (launch with torchrun)") from None
+    missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if world > 1 and not os.environ.get(k)]
+    if missing or not 0 <= rank < max(world, 1):
+        raise TrainError(f"WORLD_SIZE={world} RANK={rank} without a valid rendezvous ({', '.join(missing) or 'RANK'}"
+                         f"): launch several processes with `torchrun --nproc-per-node N -m taskweave.policies.train`")
+    return rank, world, local
+
+
+def _ranks_agree(policy, world: int, out_dir: str, is_main: bool, log) -> None:
+    """DDP: every rank's weights hash the same (rank 0 writes the digests to RUN/ranks.json), else TrainError."""
+    digest = weights_digest(policy.state_dict())
+    got = [None] * world
+    dist.all_gather_object(got, digest)
+    if is_main:
+        atomic_write_json(os.path.join(out_dir, "ranks.json"), {"world_size": world, "weights_sha256": got}, indent=1)
+    if len(set(got)) != 1:
+        raise TrainError(f"the ranks' weights differ after training (sha256 per rank: {got})")
+    log(f"weights identical on the {world} ranks (sha256 {digest[:12]})")
+
+
+def weights_digest(state: dict) -> str:
+    """sha256 of a state dict's tensors, in key order (the same bytes on every rank and in the checkpoint)."""
+    import hashlib
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _infinite(loader: DataLoader, sampler: DistributedSampler, epoch: int):
@@ -118,7 +160,7 @@ def _infinite(loader: DataLoader, sampler: DistributedSampler, epoch: int):
 
 
 def _prepare_config(out_dir: str, config: Optional[DiffusionConfig], resume: bool, steps: Optional[int],
-                    batch_size: Optional[int], log) -> tuple[DiffusionConfig, Optional[str]]:
+                    batch_size: Optional[int], log) -> tuple[DiffusionConfig, Optional[str], int]:
     config_path = os.path.join(out_dir, "config.json")
     last = os.path.join(out_dir, "checkpoints", "last.pt")
     if resume:
@@ -135,13 +177,17 @@ def _prepare_config(out_dir: str, config: Optional[DiffusionConfig], resume: boo
         cfg = config or DiffusionConfig()
         ckpt = None
     changes = {k: v for k, v in (("steps", steps), ("batch_size", batch_size)) if v is not None}
-    return (cfg.replace(**changes) if changes else cfg), ckpt
+    return (cfg.replace(**changes) if changes else cfg), ckpt, cfg.steps   # steps before this call's --steps
 
 
 def _fill_dims(cfg: DiffusionConfig, ds: DemoDataset, text_dim: int, resuming: bool) -> DiffusionConfig:
-    dims = {"state_dim": ds.state.shape[1], "action_dim": ds.action.shape[1], "num_tasks": len(ds.tasks),
-            "num_skills": len(ds.skills), "text_embed_dim": text_dim,
-            "image_shape": tuple(ds.meta["obs"]["rgb"]) if cfg.obs_mode == "rgb" else None}
+    if cfg.obs_mode == "robot":   # no state vector and no task id go in
+        dims = {"proprio_dim": ds.proprio.shape[1], "action_dim": ds.action.shape[1], "num_skills": len(ds.skills),
+                "text_embed_dim": text_dim, "image_shape": ds.frame_shape, "state_dim": None, "num_tasks": None}
+    else:
+        dims = {"state_dim": ds.state.shape[1], "action_dim": ds.action.shape[1], "num_tasks": len(ds.tasks),
+                "num_skills": len(ds.skills), "text_embed_dim": text_dim,
+                "image_shape": tuple(ds.meta["obs"]["rgb"]) if cfg.obs_mode == "rgb" else None}
     if resuming:
         bad = {k: (getattr(cfg, k), v) for k, v in dims.items() if getattr(cfg, k) != v}
         if bad:
@@ -174,9 +220,8 @@ def train(data_dir: str, out_dir: str, config: Optional[DiffusionConfig] = None,
             if removed:
                 log(f"removed {len(removed)} temporary file(s) ({sum(n for _, n in removed) / 1e6:.1f} MB) an "
                     f"interrupted write left in {out_dir}")
-        cfg, ckpt_path = _prepare_config(out_dir, config, resume, steps, batch_size, log)
-        ds = DemoDataset(data_dir, "train", cfg.obs_horizon, cfg.pred_horizon, cfg.action_horizon,
-                         load_rgb=cfg.obs_mode == "rgb")
+        cfg, ckpt_path, prev_steps = _prepare_config(out_dir, config, resume, steps, batch_size, log)
+        ds = policy_dataset(data_dir, "train", cfg)
         if len(ds) == 0:
             raise TrainError(f"{data_dir}: no training windows (no episodes with split 'train')")
         fingerprint = dataset_fingerprint(ds.meta)
@@ -188,10 +233,10 @@ def train(data_dir: str, out_dir: str, config: Optional[DiffusionConfig] = None,
         policy = make_policy(cfg, ds.skills, ds.tasks, ds.stats(), encoder=encoder, device=dev)
         optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
                                       foreach=True)
-        lr_sched = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
-                                 num_training_steps=cfg.steps)
+        schedule = LRSchedule(cfg.lr_scheduler, cfg.warmup_steps, prev_steps if ckpt_path is not None else cfg.steps)
+        lr_sched = LambdaLR(optimizer, schedule)   # its state_dict carries the schedule's (total, restarts)
         ema = EMA(policy.parameters(), cfg.ema_max_decay, cfg.ema_power) if cfg.use_ema and is_main else None
-        start = 0
+        start, extra = 0, {}
         if ckpt_path is not None:
             ckpt = load_checkpoint(ckpt_path, map_location=dev)
             for what in ("tasks", "skills"):
@@ -206,10 +251,19 @@ def train(data_dir: str, out_dir: str, config: Optional[DiffusionConfig] = None,
             if ema is not None and ckpt["ema"] is not None:
                 ema.load_state_dict(ckpt["ema"])
                 ema.to(dev)
-            start = ckpt["step"]
+            start, extra = ckpt["step"], dict(ckpt.get("extra") or {})
+            if schedule.end != cfg.steps:
+                if cfg.steps > start and schedule(start) == 0.0 and cfg.lr_scheduler in ("cosine", "linear"):
+                    raise TrainError(f"{out_dir}: the run's LR schedule ended at step {schedule.end} (LR 0), so "
+                                     f"extending it to {cfg.steps} steps would train at LR 0; start a new run "
+                                     f"(another --out) with the longer --steps")
+                log(f"resume: the LR schedule now ends at step {cfg.steps} (was {schedule.end}), continuing down "
+                    f"from its value at step {start}")
+                schedule.extend(start, cfg.steps)
             log(f"resumed {ckpt_path} at step {start}")
             if is_main:
-                _trim_metrics(os.path.join(out_dir, "metrics.jsonl"), start)
+                for name in ("metrics.jsonl", "val_metrics.jsonl"):
+                    _trim_metrics(os.path.join(out_dir, name), start)
         elif resume:
             log(f"{out_dir}: no checkpoint yet, starting at step 0 with the saved config")
         if is_main:
@@ -219,23 +273,37 @@ def train(data_dir: str, out_dir: str, config: Optional[DiffusionConfig] = None,
             info = {"data": os.path.abspath(data_dir), "dataset_fingerprint": fingerprint,
                     "dataset_backend": ds.meta.get("backend"), "dataset_episodes": len(ds.meta["episodes"]),
                     "num_train_windows": len(ds), "skills": ds.skills,
-                    "tasks": ds.tasks, "world_size": world, "device": str(dev), "torch": torch.__version__}
+                    "tasks": ds.tasks, "world_size": world, "device": str(dev), "torch": torch.__version__,
+                    "policy_inputs": policy.policy_inputs, "privileged": policy.privileged}
             atomic_write_json(os.path.join(out_dir, "run_info.json"), info, indent=2)
-        torch.manual_seed(cfg.seed + 1000 * rank + start)  # fresh noise on each rank and after a resume
-        np.random.seed((cfg.seed + 1000 * rank + start) % 2**32)
+        val = val_batches(data_dir, cfg, log) if is_main and cfg.val_every > 0 else None
+        states = extra.get("rng")
+        if isinstance(states, list) and len(states) == world:
+            set_rng_state(states[rank], dev)   # exactly where the interrupted run was
+        else:
+            if start:
+                log("resume: the checkpoint holds no RNG states for this world size; reseeding (not exact)")
+            torch.manual_seed(cfg.seed + 1000 * rank + start)  # fresh noise on each rank
+            np.random.seed((cfg.seed + 1000 * rank + start) % 2**32)
 
         model: torch.nn.Module = policy
         if world > 1:
             model = DistributedDataParallel(policy, device_ids=[dev.index] if dev.type == "cuda" else None)
         if cfg.compile:
             model = torch.compile(model)
-        sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+        sampler = ResumableSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
         loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
                             drop_last=len(sampler) >= cfg.batch_size, pin_memory=dev.type == "cuda",
-                            persistent_workers=cfg.num_workers > 0)
-        batches = _infinite(loader, sampler, epoch=start)
-        return _loop(cfg, policy, model, optimizer, lr_sched, ema, batches, dev, out_dir, start, ds,
-                     world, is_main, progress, log)
+                            persistent_workers=cfg.num_workers > 0,
+                            generator=torch.Generator().manual_seed(cfg.seed))  # leaves the global RNG alone
+        epoch, taken = data_position(start, len(loader))
+        sampler.skip = taken * cfg.batch_size      # the rest of the epoch the interrupted run was in
+        batches = _infinite(loader, sampler, epoch=epoch)
+        result = _loop(cfg, policy, model, optimizer, lr_sched, ema, batches, dev, out_dir, start, ds,
+                       world, is_main, progress, log, val, extra.get("best_val_loss"))
+        if world > 1:
+            _ranks_agree(policy, world, out_dir, is_main, log)
+        return result
     finally:
         if own_group and dist.is_initialized():
             dist.destroy_process_group()
@@ -277,17 +345,23 @@ def _trim_metrics(path: str, step: int) -> None:
 
 
 def _loop(cfg, policy, model, optimizer, lr_sched, ema, batches, dev, out_dir, start, ds, world, is_main,
-          progress, log) -> TrainResult:
+          progress, log, val=None, best=None) -> TrainResult:
     metrics_path = os.path.join(out_dir, "metrics.jsonl")
+    folder = os.path.join(out_dir, "checkpoints")
     tb = open_tensorboard(out_dir, log) if is_main else None  # RUN/tensorboard/ when tensorboard is installed
     use_amp = cfg.use_amp and dev.type == "cuda"
     bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and is_main), desc="train", dynamic_ncols=True)
     loss_sum, loss_n, t_last, last_loss, last_ckpt = 0.0, 0, time.perf_counter(), float("nan"), None
+    parts: dict = {}   # loss parts (diffusion, done) summed since the last log line
     model.train()
     for step in range(start + 1, cfg.steps + 1):
         batch = {k: v.to(dev, non_blocking=True) for k, v in next(batches).items()}
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-            loss = model(batch)
+            terms = model(batch, return_terms=True)
+        loss = terms["loss"]
+        for k, v in terms.items():
+            if k != "loss":
+                parts[k] = parts.get(k, 0.0) + v.detach()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip_norm > 0:
@@ -309,20 +383,42 @@ def _loop(cfg, policy, model, optimizer, lr_sched, ema, batches, dev, out_dir, s
             now = time.perf_counter()
             rec = {"step": step, "loss": last_loss, "lr": lr_sched.get_last_lr()[0],
                    "samples_per_s": loss_n * cfg.batch_size * world / max(now - t_last, 1e-9), "time": time.time()}
+            for k, v in parts.items():
+                v = v / loss_n
+                if world > 1:
+                    dist.all_reduce(v)
+                    v = v / world
+                rec[k] = float(v)
             if is_main:
                 with open(metrics_path, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps(rec) + "\n")
-                log_scalars(tb, rec, step)
+                log_scalars(tb, rec, step, keys=("loss", "lr", "samples_per_s", *parts))
             bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{rec['lr']:.2e}")
-            loss_sum, loss_n, t_last = 0.0, 0, now
+            loss_sum, loss_n, t_last, parts = 0.0, 0, now, {}
         bar.update(1)
+        if val is not None and (step % cfg.val_every == 0 or step == cfg.steps):   # rank 0 only
+            vrec = {"step": step, **validate(cfg, policy, ema, val, dev, use_amp), "time": time.time()}
+            vrec["best"] = best is None or vrec["val_loss"] < best
+            if vrec["best"]:
+                best = vrec["val_loss"]
+                save_checkpoint(os.path.join(folder, "best.pt"), policy, step=step, skills=ds.skills, tasks=ds.tasks,
+                                ema=ema, extra={"val_loss": best})
+            with open(os.path.join(out_dir, "val_metrics.jsonl"), "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(vrec) + "\n")
+            log_scalars(tb, vrec, step, keys=[k for k in vrec if k.startswith("val_")], prefix="val")
+            log(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in vrec.items() if k.startswith("val_"))
+                + (" (best)" if vrec["best"] else ""))
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            states = [rng_state(dev)]   # every rank's, for an exact resume
+            if world > 1:
+                states = [None] * world
+                dist.all_gather_object(states, rng_state(dev))
             if is_main:
                 common = dict(step=step, skills=ds.skills, tasks=ds.tasks, ema=ema)
-                folder = os.path.join(out_dir, "checkpoints")
                 save_checkpoint(os.path.join(folder, f"step_{step:07d}.pt"), policy, **common)
                 last_ckpt = save_checkpoint(os.path.join(folder, "last.pt"), policy, optimizer=optimizer,
-                                            lr_scheduler=lr_sched, **common)
+                                            lr_scheduler=lr_sched, extra={"rng": states, "best_val_loss": best},
+                                            **common)
             if world > 1:
                 dist.barrier()
     bar.close()

@@ -25,5 +25,5 @@ def policy_executor(env, checkpoint: str, device: str = "auto", max_ticks: int =
 
     runner = PolicyRunner.from_checkpoint(checkpoint, num_envs=1, device=device, seed=0)
     task = env.task.name
-    task_id = runner.task_index(task) if task in runner.tasks else 0
+    task_id = runner.task_index(task)   # a task the policy never saw is an error (RunnerError), never a silent 0
     return EnvSkillExecutor(env, PolicyController(runner, task_id, max_ticks), name=f"policy:{checkpoint}")

@@ -436,8 +436,8 @@ def test_controller_executor_and_plan_command(capsys):
         plan_main(p.parse_args(["--task", "StackOnBlock", "--executor", "policy:x.pt"]))
     with pytest.raises(UserError, match="unknown executor"):
         plan_main(p.parse_args(["--task", "StackOnBlock", "--executor", "magic"]))
-    assert plan_main(p.parse_args(["--task", "StackOnBlock", "--planner", "openloop", "--llm", "offline",
-                                   "--json"])) == 0
+    rc = plan_main(p.parse_args(["--task", "StackOnBlock", "--planner", "openloop", "--llm", "offline", "--json"]))
     out = json.loads(capsys.readouterr().out)
     assert out["planner"] == "openloop" and out["task"] == "StackOnBlock"
+    assert rc == (0 if out["success"] else 1)   # exit code by outcome; the JSON is printed either way
     assert resolve_perturbations("move:$goal0@1,knock@2", [P("on", "a", "b")]) == "move:a@1,knock@2"

@@ -403,7 +403,8 @@ def test_checkpoint_policy_node_commands_the_arm(graph, tmp_path):
     from taskweave.policies.diffusion.checkpoint import save_checkpoint
     from taskweave.policies.diffusion.configuration import DiffusionConfig
     from taskweave.policies.diffusion.modeling import DiffusionPolicy
-    cfg = DiffusionConfig(state_dim=23, action_dim=5, num_tasks=1, num_skills=1, down_dims=(16, 32),
+    from taskweave.envs.observation import POLICY_STATE_DIM
+    cfg = DiffusionConfig(state_dim=POLICY_STATE_DIM, action_dim=5, num_tasks=1, num_skills=1, down_dims=(16, 32),
                           diffusion_step_embed_dim=16, state_feature_dim=16, state_hidden_dim=32, skill_cond_dim=8,
                           task_embed_dim=4, text_embed_dim=16, num_inference_steps=2, pred_horizon=8,
                           action_horizon=4)

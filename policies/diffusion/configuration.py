@@ -87,6 +87,9 @@ class DiffusionConfig:
     num_workers: int = 0
     log_every: int = 100
     checkpoint_every: int = 5_000
+    val_every: int = 1_000                # validation loss and action MSE on the val split (0: never); keeps best.pt
+    val_batches: int = 4                  # batches of a fixed, evenly spread subset of the val windows
+    preload_frames: bool = True           # robot: read every camera frame into memory once (else per item)
     use_amp: bool = True                  # bf16 autocast on CUDA only
     compile: bool = False
 
@@ -113,8 +116,10 @@ class DiffusionConfig:
                      "diffusion_step_embed_dim", "state_feature_dim", "state_hidden_dim", "crop_size",
                      "num_keypoints", "rgb_feature_dim", "text_embed_dim", "skill_cond_dim",
                      "task_embed_dim", "vision_width", "done_hidden_dim", "num_train_timesteps", "num_inference_steps", "batch_size",
-                     "steps", "log_every", "checkpoint_every"):
+                     "steps", "log_every", "checkpoint_every", "val_batches"):
             pos_int(name)
+        need(isinstance(self.val_every, int) and not isinstance(self.val_every, bool) and self.val_every >= 0,
+             "val_every", "must be an integer >= 0 (0: no validation)")
         for name in ("state_dim", "action_dim", "num_tasks", "num_skills", "proprio_dim"):
             pos_int(name, allow_none=True)
         need(self.obs_mode in OBS_MODES, "obs_mode", "must be 'state', 'rgb' or 'robot'")

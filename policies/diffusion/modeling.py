@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from .configuration import DiffusionConfig
@@ -281,9 +282,12 @@ class DiffusionPolicy(nn.Module):
             target = self.noise_scheduler.get_velocity(action, noise, t)
         return F.mse_loss(pred.float(), target)
 
-    def forward(self, batch: dict) -> torch.Tensor:
-        """Training forward pass: the loss (so DDP wraps it)."""
-        return self.compute_loss(batch)
+    def forward(self, batch: dict, return_terms: bool = False):
+        """Training forward pass (so DDP wraps it): the loss, or with return_terms the loss_terms dict without
+        its None entries ('loss', 'diffusion' and, with the done head, 'done')."""
+        if not return_terms:
+            return self.compute_loss(batch)
+        return {k: v for k, v in self.loss_terms(batch).items() if v is not None}
 
     # -- the done head
     @torch.no_grad()
@@ -330,7 +334,8 @@ class DiffusionPolicy(nn.Module):
         steps = num_inference_steps or default
         device = cond.device
         shape = (cond.shape[0], cfg.pred_horizon, cfg.action_dim)
-        x = torch.randn(shape, generator=generator, device="cpu" if generator is not None else device)
+        # a list of CPU generators seeds each row on its own (evaluation: one per episode)
+        x = randn_tensor(shape, generator=generator, device=torch.device("cpu") if generator is not None else device)
         x = x.to(device)  # float32 even under autocast: only the network runs in reduced precision
         sched.set_timesteps(steps)  # CPU timesteps index the CPU schedule tables
         kw = {"generator": generator} if sampler == "ddpm" else {}

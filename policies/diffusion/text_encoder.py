@@ -71,7 +71,8 @@ def _load_minilm(path: str, sha256: str) -> tuple:
     except ImportError as exc:
         raise TextEncoderError(f"text encoder {MINILM_SPEC!r} needs transformers, tokenizers and safetensors "
                                f"(installed with {MINILM_PACKAGE}): {exc}") from None
-    model = BertModel(BertConfig(**config), add_pooling_layer=False)
+    with torch.random.fork_rng(devices=[]):   # building the model draws init weights: never from the caller's RNG
+        model = BertModel(BertConfig(**config), add_pooling_layer=False)
     state = load_safetensors(weights)
     result = model.load_state_dict(state, strict=False)
     unexpected = [k for k in result.unexpected_keys if not k.startswith("pooler.") and k != "embeddings.position_ids"]

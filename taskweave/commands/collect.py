@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from taskweave.commands.common import check_output_dir, nonnegative_int, positive_int
+from taskweave.commands.common import (add_executor_arguments, check_output_dir, make_executor_from_args,
+                                       nonnegative_int, positive_int)
 from taskweave.sim.errors import UserError
 
 HELP = "record oracle demonstrations"
@@ -20,7 +21,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="dataset folder (reopened and resumed if it exists)")
     p.add_argument("--rgb", type=positive_int, default=0, metavar="SIZE",
                    help="also record SIZExSIZE RGB frames (default: none)")
-    p.add_argument("--workers", type=positive_int, default=min(4, os.cpu_count() or 1))
+    p.add_argument("--obs", default="state", choices=("state", "robot"),
+                   help="state (default): the privileged state vector of the baseline policies (object and target "
+                        "poses from the simulator); robot: also what a robot senses, front and wrist camera frames "
+                        "and proprioception per tick, with each skill named by its sentence")
+    p.add_argument("--image-size", type=positive_int, default=64, metavar="SIZE",
+                   help="square size of the --obs robot camera frames (default 64, the CPU choice)")
+    add_executor_arguments(p, min(4, os.cpu_count() or 1))
 
 
 def task_names(spec: str) -> list:
@@ -37,9 +44,10 @@ def run(args) -> int:
     if args.episodes < 1:
         raise UserError("--episodes must be at least 1")
     check_output_dir(args.out)   # before any worker starts
-    stats = collect(tasks, args.episodes, args.backend, args.out, args.val_episodes, args.test_episodes,
-                    args.rgb, args.workers)
+    with make_executor_from_args(args) as executor:
+        stats = collect(tasks, args.episodes, args.backend, args.out, args.val_episodes, args.test_episodes,
+                        args.rgb, obs=args.obs, image_size=args.image_size, executor=executor)
     print(f"kept {stats['kept']} new episodes ({stats['failed']} failed oracle runs discarded, "
           f"{stats['skipped_existing']} already present); dataset {args.out} has {stats['episodes']} episodes; "
-          f"meta: {stats['meta']}")
+          f"ran on {stats['executor']}; meta: {stats['meta']}")
     return 0

@@ -115,6 +115,27 @@ def llm_environment(args) -> dict:
     return env
 
 
+# ---- where episodes run (--workers / --ray) ---------------------------------------------------
+def add_executor_arguments(p: argparse.ArgumentParser, default_workers: int = 1) -> None:
+    """--workers N (local worker processes) and --ray ADDRESS (a Ray cluster) of the rollout executor."""
+    p.add_argument("--workers", type=positive_int, default=default_workers,
+                   help=f"local worker processes that run the episodes (default {default_workers})")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run the episodes on Ray instead: 'auto' (this machine's cluster), HOST:PORT of a running "
+                        "cluster's head, or 'local' (start one in this process); needs the [ray] extra")
+
+
+def make_executor_from_args(args):
+    """The rollout executor of --workers / --ray; its workers register the task library as the CLI does."""
+    from taskweave.sim.rollouts import make_executor
+    setup = None
+    library = os.environ.get("TASKWEAVE_LIBRARY", "task_library")
+    if os.path.isdir(library):
+        from taskweave.generation.library import register_library
+        setup = (register_library, (os.path.abspath(library),))
+    return make_executor(getattr(args, "workers", 1) or 1, getattr(args, "ray", None), setup)
+
+
 # ---- outputs ---------------------------------------------------------------------------------
 def check_output_dir(path: str, flag: str = "--out") -> str:
     """Refuse (UserError) an output folder that could not be created or written, before the run starts.

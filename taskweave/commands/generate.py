@@ -8,7 +8,8 @@ import os
 import sys
 from collections import Counter
 
-from taskweave.commands.common import add_llm_arguments, check_output_dir, llm_environment, seed_int
+from taskweave.commands.common import (add_executor_arguments, add_llm_arguments, check_output_dir, llm_environment,
+                                       make_executor_from_args, seed_int)
 from taskweave.sim.errors import UserError
 
 HELP = "generate new tasks with an LLM (GenSim-style)"
@@ -31,6 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="implement stage output: code (a task module, run only in the sandbox) or spec (a JSON task "
                         "spec, constrained where the backend can; rendered into a module from a fixed template)")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    add_executor_arguments(p, 2)   # the sandboxed validation jobs: one worker per backend by default
 
 
 def run(args) -> int:
@@ -47,13 +49,17 @@ def run(args) -> int:
     llm = make_generator_llm(args.llm, args.seed, args.flaw_rate)
     if getattr(llm, "disclaimer", ""):
         print(f"note: {llm.disclaimer}", file=sys.stderr)
+    executor = make_executor_from_args(args)
     pipe = GenerationPipeline(llm, library, out, args.mode, args.target, args.seeds, args.max_repairs, args.votes,
-                              llm_name=args.llm, log=print, implement=args.implement)
+                              llm_name=args.llm, log=print, implement=args.implement, executor=executor)
     os.makedirs(out, exist_ok=True)
     atomic_write_json(os.path.join(out, "config.json"),
                       {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))},
                       indent=1)
-    summary = pipe.run(args.n)
+    try:
+        summary = pipe.run(args.n)
+    finally:
+        executor.close()
     if args.json:
         print(json.dumps(summary, indent=1))
         return 0

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 
+from taskweave.commands.common import add_executor_arguments, make_executor_from_args
 from taskweave.sim.errors import UserError
 
 HELP = "validate a generated task file on both backends"
@@ -21,6 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file")
     p.add_argument("--json", action="store_true")
     p.add_argument("--seeds", type=int, default=4)
+    add_executor_arguments(p, 2)   # the sandboxed jobs: one worker per backend by default
 
 
 def run(args) -> int:
@@ -42,7 +44,8 @@ def run(args) -> int:
     if not 1 <= seeds <= MAX_SEEDS:
         raise UserError(f"--seeds must be in 1..{MAX_SEEDS}")
     from taskweave.generation.validate import validate_task_file
-    rep = validate_task_file(path, seeds)
+    with make_executor_from_args(args) as executor:
+        rep = validate_task_file(path, seeds, executor=executor)
     if getattr(args, "json", False):
         print(json.dumps(rep.to_dict(), indent=1))
     else:

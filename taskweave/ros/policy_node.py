@@ -79,8 +79,9 @@ def checkpoint_policy_fn(path: str, device: str = "auto", task: str = "", use_em
         """One action of the diffusion policy (receding horizon) for this observation and skill."""
         feats, text = observation_skill(obs, skill)
         name = task or obs.get("task") or ""
-        task_id = name if name in runner.tasks else 0
-        state = policy_state(obs, feats)[: runner.config.state_dim]  # older checkpoints read a prefix
+        task_id = runner.task_index(name)   # a task the checkpoint never saw is an error, never a silent 0
+        state = policy_state(obs, feats)
+        runner.check_state_size(state.shape[-1])   # never cut or pad a state of another size
         return runner.act({"state": state[None]}, [text], [task_id])[0]
 
     policy_fn.reset = runner.reset
