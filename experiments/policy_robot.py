@@ -22,17 +22,20 @@ import subprocess
 import sys
 
 from taskweave.envs.metrics import rate_cell
-from taskweave.sim.fileio import atomic_write_text
+from taskweave.policies.collect import SPLIT_SEED_BASE
+from taskweave.sim.fileio import atomic_write_json, atomic_write_text
 
 TASKS = ["BlockInBowl", "StackOnBlock"]   # two bowls + two blocks; three blocks: the text names the right one
 CONFIG = "experiments/configs/policy_robot_cpu_quick.json"
 ABLATIONS = ("none", "constant", "shuffled")
 IMAGE_SIZE = 64
+PROBE_TICKS = 30   # control ticks of the reach probe (the oracle's pick is over the block by then)
 
 
 def paths(work: str) -> dict:
     """Where each stage's output lives under --work."""
-    return {"data": os.path.join(work, "robot64"), "run": os.path.join(work, "run_cpu"),
+    steps_ = json.load(open(CONFIG))["steps"]
+    return {"data": os.path.join(work, "robot64"), "run": os.path.join(work, f"run_cpu_{steps_}"),
             "eval": {a: os.path.join(work, "eval", f"text_{a}") for a in ABLATIONS}}
 
 
@@ -67,6 +70,46 @@ def sign_test(wins: int, losses: int) -> float:
 def first_skill(ep: dict) -> bool:
     """Whether the episode's first skill (the pick: which block is the text's choice) succeeded."""
     return bool(ep["skills"]) and bool(ep["skills"][0]["success"])
+
+
+def reach_probe(checkpoint: str, task: str, seeds: list, ablation: str, ticks: int = 30,
+                backend: str = "mujoco") -> list:
+    """Does the text steer the arm? For each seed: run the first skill (a pick) for `ticks` control ticks under
+    the ablation, then {'seed', 'named_dist': XY distance TCP - the block the true call names, 'nearest_named':
+    whether that block is the nearest of the scene's graspable blocks}. Graded even when no grasp succeeds."""
+    import numpy as np
+    import torch
+
+    from taskweave.envs import make_env
+    from taskweave.policies.controllers import ablated_text, policy_observation
+    from taskweave.policies.runner import PolicyRunner
+
+    torch.set_num_threads(1)
+    runner = PolicyRunner.from_checkpoint(checkpoint, num_envs=len(seeds), device="cpu", seed=0)
+    runner.seed_envs(seeds)
+    cfg = runner.config
+    envs = [make_env(task, backend, obs_mode="robot", image_size=int(cfg.image_shape[0]), cameras=cfg.cameras)
+            for _ in seeds]
+    calls, texts = [], []
+    for env, seed in zip(envs, seeds):
+        env.reset(seed=seed)
+        calls.append(env.oracle_plan()[0])
+        texts.append(ablated_text(runner, env, calls[-1], ablation, np.random.default_rng([int(seed), 7])))
+    for _ in range(ticks):
+        obs = [policy_observation(runner, e, c) for e, c in zip(envs, calls)]
+        acts, _ = runner.act_done({k: np.stack([o[k] for o in obs]) for k in obs[0]}, texts)
+        for e, a in zip(envs, acts):
+            e.apply_action(a)
+    out = []
+    for env, call, seed in zip(envs, calls, seeds):
+        st = env.symbolic_state()
+        tcp = env.backend.ee_pose()[0][:2]
+        blocks = [n for n, o in st.objects.items() if o.shape != "container"]
+        dist = {n: float(np.linalg.norm(st.objects[n].pos[:2] - tcp)) for n in blocks}
+        out.append({"seed": int(seed), "named_dist": dist[call.args[0]],
+                    "nearest_named": min(dist, key=dist.get) == call.args[0], "candidates": len(blocks)})
+        env.close()
+    return out
 
 
 def report(work: str, plan: list, note: str) -> str:
@@ -130,6 +173,21 @@ def report(work: str, plan: list, note: str) -> str:
                 wins += first_skill(e0) and not first_skill(e1)
                 losses += first_skill(e1) and not first_skill(e0)
         lines.append(f"| {a} | {wins} | {losses} | {sign_test(wins, losses):.3g} |")
+    probe_path = os.path.join(work, "eval", "reach_probe.json")
+    if os.path.exists(probe_path):
+        probe = json.load(open(probe_path))
+        n_seeds = len(next(iter(probe.values())))
+        lines += ["", f"Reach probe (does the text steer the arm, even without a grasp?): the first skill (a pick) "
+                  f"run for {PROBE_TICKS} ticks on {n_seeds} test seeds per task; is the TCP then nearest (in XY) "
+                  "to the block the call names, among the scene's blocks, and how far from it.", "",
+                  "| task | text | TCP nearest the named block [95% Wilson] | mean XY distance to it |",
+                  "|---|---|---|---|"]
+        for t in TASKS:
+            for a in ABLATIONS:
+                rows = probe[f"{t}/{a}"]
+                k = sum(r["nearest_named"] for r in rows)
+                lines.append(f"| {t} ({rows[0]['candidates']} blocks) | {a} | {rate_cell(k, len(rows))} | "
+                             f"{100 * sum(r['named_dist'] for r in rows) / len(rows):.1f} cm |")
     fails = {}
     for t in TASKS:
         for e in base["tasks"][t]["per_episode"]:
@@ -162,6 +220,12 @@ def main(argv=None) -> int:
                 continue
             print(f"run: {shlex.join(cmd)}", flush=True)
             subprocess.run(cmd, check=True, env=env)
+        probe_path = os.path.join(paths(args.work)["eval"]["none"], "..", "reach_probe.json")
+        if not os.path.exists(probe_path):
+            seeds = list(range(SPLIT_SEED_BASE["test"], SPLIT_SEED_BASE["test"] + args.eval_episodes))
+            probe = {f"{t}/{a}": reach_probe(paths(args.work)["run"], t, seeds, a, PROBE_TICKS, args.backend)
+                     for t in TASKS for a in ABLATIONS}
+            atomic_write_json(os.path.normpath(probe_path), probe, indent=1)
     atomic_write_text(args.out, report(args.work, plan, args.note))
     print(f"wrote {args.out}")
     return 0

@@ -197,6 +197,9 @@ def _collect(tasks, episodes, backend, out, val_episodes, test_episodes, rgb, ex
         have = "robot observations" if writer.cameras is not None else "no robot observations"
         raise DatasetError(f"{out}: the dataset has {have}; refusing to append --obs {obs} episodes "
                            f"(use the same --obs or another --out)")
+    if writer.num_episodes and obs == "robot" and writer.camera_shape != (image_size, image_size, 3):
+        raise DatasetError(f"{out}: the dataset's camera frames are {writer.camera_shape[0]}x{writer.camera_shape[1]}; "
+                           f"refusing to append {image_size}x{image_size} ones (use the same --image-size or another --out)")
     if writer.num_episodes and writer.rgb_shape != ((rgb, rgb, 3) if rgb else None):
         have = f"{writer.rgb_shape[0]}x{writer.rgb_shape[1]} RGB frames" if writer.rgb_shape else "no RGB frames"
         asked = f"{rgb}x{rgb} RGB frames (--rgb {rgb})" if rgb else "no RGB frames"

@@ -183,6 +183,11 @@ class DatasetWriter:
         return tuple(self._state["cameras"]) if self._state.get("cameras") is not None else None
 
     @property
+    def camera_shape(self) -> Optional[tuple]:
+        """(H, W, 3) of every camera's stored frames; None without them or before the first episode."""
+        return tuple(self._state["camera_shape"]) if self._state.get("camera_shape") is not None else None
+
+    @property
     def backend(self) -> str:
         """The engine the stored demonstrations come from."""
         return self._state["backend"]

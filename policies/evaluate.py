@@ -70,8 +70,8 @@ def evaluate(checkpoint: str, tasks: list, episodes: int = EPISODES, backend: st
         bar.close()
         if own:
             executor.close()
-        if executor.kind == "inline":
-            release_cache()
+            if executor.kind == "inline":
+                release_cache()   # a caller's own inline executor keeps the envs and policy for its next call
     per_task = {task: [] for task in tasks}
     for job, res in zip(jobs, results):
         per_task[job[1]] += res["rows"]

@@ -87,10 +87,12 @@ class Cluster:
         self.address = f"127.0.0.1:{port}"
         self.groups: set = set()
         common = ["--num-cpus", "2", "--disable-usage-stats", "--node-ip-address", "127.0.0.1"]
-        self._start(["ray", "start", "--head", "--port", str(port), "--ray-client-server-port", str(client),
+        ray = os.path.join(os.path.dirname(sys.executable), "ray")   # the CLI of this interpreter's ray
+        ray = ray if os.path.exists(ray) else "ray"
+        self._start([ray, "start", "--head", "--port", str(port), "--ray-client-server-port", str(client),
                      "--dashboard-agent-listen-port", str(agent_h), "--include-dashboard", "false",
                      "--temp-dir", self.tmp, *common])
-        self._start(["ray", "start", "--address", self.address, "--dashboard-agent-listen-port", str(agent_w),
+        self._start([ray, "start", "--address", self.address, "--dashboard-agent-listen-port", str(agent_w),
                      *common])
 
     def _start(self, cmd: list) -> None:

@@ -79,6 +79,9 @@ def test_collect_robot_records_frames_proprio_sentences_and_checksums(robot_data
         DemoDataset(robot_data, "train", robot=True, cameras=["top"])
     with pytest.raises(DatasetError, match="--obs state"):   # one observation mode per dataset
         collect(["BlockInBowl"], 2, "mujoco", robot_data, val_episodes=1, workers=1, progress=False)
+    with pytest.raises(DatasetError, match="--image-size"):   # one frame size per dataset
+        collect(["BlockInBowl"], 2, "mujoco", robot_data, val_episodes=1, workers=1, progress=False, obs="robot",
+                image_size=24)
 
 
 def test_a_damaged_camera_chunk_is_named(tmp_path):
