@@ -23,17 +23,13 @@ from taskweave.policies.diffusion.checkpoint import load_checkpoint, save_checkp
 from taskweave.policies.diffusion.configuration import DiffusionConfig
 from taskweave.policies.train import train
 from taskweave.sim.locks import LOCK_NAME, FolderLock, LockError
+from conftest import wait_for
 
 TASK = "BlockInBowl"
 ENV = {**os.environ, "TASKWEAVE_LIBRARY": "/nonexistent", "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # conftest: tiny models run on one thread
 
 
 def tiny_config(**kw) -> DiffusionConfig:
@@ -76,16 +72,6 @@ def one_error_line(capsys, command: str) -> str:
     return err[0]
 
 
-def wait_for(cond, timeout: float, what: str, proc=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the process ended (rc {proc.returncode}) before {what}: {proc.communicate()}")
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def lock_holder(folder: str):

@@ -33,12 +33,7 @@ EPISODES = [("stack", 0, "train", [(0, 7), (1, 5)]), ("sort", 10_000_000, "val",
 RGB = (12, 10, 3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # conftest: tiny models run on one thread
 
 
 def write_dataset(path, rgb=True):

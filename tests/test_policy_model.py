@@ -17,13 +17,7 @@ from taskweave.policies.diffusion.text_encoder import (BuiltinTextEncoder, TextE
 STATE_DIM, ACTION_DIM = 11, 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models are dispatch-bound; one thread is faster and immune to spin-waiting on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # conftest: tiny models run on one thread
 
 
 def tiny_config(**kw) -> DiffusionConfig:

@@ -21,13 +21,7 @@ SKILLS = ("pick(red_block)", "place(red_block, green_bowl)")
 TARGETS = (np.array([0.3, 0.2, 0.0]), np.array([-0.3, -0.1, 0.2]))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models are dispatch-bound; one thread is faster and immune to spin-waiting on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # conftest: tiny models run on one thread
 
 
 def demo_episode(seed: int, seg_lens=(20, 14), rgb_shape=None):

@@ -29,6 +29,7 @@ pytest.importorskip("ray")
 from test_rollouts import assert_same_dataset, dataset_arrays, local_datasets, tiny_checkpoint  # noqa: E402,F401
 
 from taskweave.policies.collect import collect  # noqa: E402
+from conftest import wait_for
 
 # token authentication with a token of this test alone (nodes and drivers get it from the environment; nothing
 # is read from or written to ~/.ray)
@@ -153,16 +154,6 @@ def committed(folder: str) -> list:
         return []
 
 
-def wait_for(cond, timeout: float, what: str, proc=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the run ended (rc {proc.returncode}) before {what}: {proc.communicate()}")
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # ----------------------------------------------------------------------------- same seeds, same results

@@ -25,12 +25,7 @@ from taskweave.envs.skill_loop import run_skill_call
 SIZE = 40   # the smallest frames a robot policy takes: a crop of at least 33 (ResNet-18 + spatial softmax)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # conftest: tiny models run on one thread
 
 
 def tiny_robot(**kw):

@@ -20,13 +20,7 @@ from taskweave.policies.train import train
 SKILLS = ("pick the red block", "place the red block in the green bowl")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models are dispatch-bound; one thread is faster and immune to spin-waiting on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # conftest: tiny models run on one thread
 
 
 def write_demos(path, robot: bool, n: int = 4, seg_lens=(9, 7), size: int = 40) -> str:

@@ -202,14 +202,20 @@ class LLMClient:
         constraint: a `planning.llm.constraints.Constraint` the reply must follow, where the backend can.
         """
         _check_request(messages, n, temperature, top_p, max_tokens)
-        t0 = time.monotonic()
         kw = {}
         if constraint is not None and self.accepts(constraint):
             kw["constraint"] = constraint
+        return self._metered(tag, lambda: self._complete(
+            list(messages), n=int(n), temperature=float(temperature), top_p=float(top_p), max_tokens=max_tokens,
+            stop=stop, tag=tag, **kw))
+
+    def _metered(self, tag: str, call) -> LLMResponse:
+        """Run one backend call, timing it and recording its usage; a call that raises LLMError is metered as
+        failed with the attempts and tokens it spent (`e.usage`, set by the backend)."""
+        t0 = time.monotonic()
         try:
-            resp = self._complete(list(messages), n=int(n), temperature=float(temperature), top_p=float(top_p),
-                                  max_tokens=max_tokens, stop=stop, tag=tag, **kw)
-        except LLMError as e:   # metered as failed: the attempts and tokens it spent (`e.usage`, set by the backend)
+            resp = call()
+        except LLMError as e:
             self.meter.record_failure(tag, getattr(e, "usage", None), time.monotonic() - t0)
             raise
         if not resp.prompt_tokens_sent:
@@ -235,18 +241,7 @@ class LLMClient:
         _check_request(messages, 1, 0.0, 1.0, 1)
         if not self.supports_scoring:
             raise LLMError(f"{type(self).__name__} cannot score options (no access to next-token log-probabilities)")
-        t0 = time.monotonic()
-        try:
-            resp = self._score(list(messages), options, tag)
-        except LLMError as e:
-            self.meter.record_failure(tag, getattr(e, "usage", None), time.monotonic() - t0)
-            raise
-        if not resp.prompt_tokens_sent:
-            resp.prompt_tokens_sent = resp.prompt_tokens
-        if not resp.latency_s:
-            resp.latency_s = time.monotonic() - t0
-        self.meter.record(resp, tag)
-        return resp
+        return self._metered(tag, lambda: self._score(list(messages), options, tag))
 
     def _score(self, messages, options, tag) -> LLMResponse:
         raise NotImplementedError
