@@ -305,7 +305,12 @@ def train(data_dir: str, out_dir: str, config: Optional[DiffusionConfig] = None,
             _ranks_agree(policy, world, out_dir, is_main, log)
         return result
     finally:
+        # the DDP wrapper's reducer holds the process group: free it first, or destroying the group leaves a
+        # gloo destructor joining threads of a dead group later (a hang seen at interpreter exit)
+        model = None
         if own_group and dist.is_initialized():
+            import gc
+            gc.collect()
             dist.destroy_process_group()
         if lock is not None:
             lock.release()
