@@ -27,7 +27,7 @@ import torch
 import zarr
 from zarr.codecs import BloscCodec
 
-from taskweave.sim.fileio import atomic_write_text
+from taskweave.sim.fileio import atomic_write_text, read_json_object
 
 from . import integrity
 from .integrity import DatasetError
@@ -48,16 +48,7 @@ def _compressor(shuffle: str = "bitshuffle") -> BloscCodec:
 
 
 def _read_json(path: str) -> dict:
-    try:
-        with open(path, "r", encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise DatasetError(f"{path}: expected a JSON object")
-    return data
+    return read_json_object(path, DatasetError)
 
 
 def segments_from_skills(skill_ids: np.ndarray) -> np.ndarray:

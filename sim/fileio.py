@@ -69,3 +69,19 @@ def atomic_path(path: str, mode: int = 0o644) -> Iterator[str]:
 
 
 __all__ = ["TEMP_PREFIX", "atomic_write", "atomic_write_text", "atomic_write_json", "atomic_target", "atomic_path"]
+
+
+def read_json_object(path: str, error: type = ValueError) -> dict:
+    """A JSON object from path; a missing, unreadable or malformed file, or one holding another JSON value,
+    raises `error` with one line naming the file."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        raise error(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object")
+    return data
+

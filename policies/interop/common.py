@@ -7,7 +7,6 @@ OUT is either absent, its old self, or the whole new thing; an existing non-empt
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import shutil
 import tempfile
@@ -18,6 +17,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from taskweave.sim.errors import UserError
+from taskweave.sim.fileio import read_json_object
 
 from ..dataset import DatasetWriter, DemoDataset
 
@@ -179,16 +179,7 @@ def staged_folder(out: str, force: bool = False, inputs: tuple = ()) -> Iterator
 
 def read_json(path: str) -> dict:
     """A JSON object from path; a missing or malformed file raises InteropError naming it."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        raise InteropError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InteropError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise InteropError(f"{path}: expected a JSON object")
-    return data
+    return read_json_object(path, InteropError)
 
 
 def state_names(extra: dict, dim: int) -> Optional[list]:
