@@ -35,6 +35,7 @@ from .integrity import DatasetError
 FORMAT_VERSION = 2   # 2: per-chunk checksums; 1 (none) is still read, unchecked
 SPLITS = ("train", "val", "test")
 _ARRAYS = ("state", "action", "skill_id", "task_id")
+AUX_TARGET_DIM = 6   # the privileged state ends with object - TCP (3) and target - TCP (3): robot items' 'aux_target'
 _KEYS = tuple(f"data/{a}" for a in (*_ARRAYS, "rgb")) + ("meta/episode_ends", "meta/segment_ends")
 
 
@@ -363,14 +364,17 @@ class DemoDataset(torch.utils.data.Dataset):
     int64 scalars, 'rgb' (To, H, W, 3) uint8 when load_rgb. Items with robot=True (what a robot senses):
     'rgb:<camera>' (To, H, W, 3) uint8 for each of cameras (default: every stored camera), 'proprio' (To, P)
     float32, 'action', 'skill_id' and 'done' (Tp,) float32 (`done_targets`: 1 from the segment's last step
-    on), and no state or task id. Low-dim arrays are read once; frames are read per item unless preload.
+    on), and no state or task id; with aux_targets also 'aux_target' (6,), the current step's object/target -
+    TCP offsets (a training label of the auxiliary head, never a policy input). Low-dim arrays are read once;
+    frames are read per item unless preload.
     """
 
     def __init__(self, path: str, split: Optional[str] = "train", obs_horizon: int = 2, pred_horizon: int = 16,
                  action_horizon: int = 8, load_rgb: Optional[bool] = None,
                  tasks: Optional[Sequence[str]] = None, robot: bool = False,
-                 cameras: Optional[Sequence[str]] = None, preload: bool = False) -> None:
+                 cameras: Optional[Sequence[str]] = None, preload: bool = False, aux_targets: bool = False) -> None:
         self.path, self.split = path, split
+        self.aux_targets = bool(aux_targets) and bool(robot)
         self.obs_horizon, self.pred_horizon, self.action_horizon = obs_horizon, pred_horizon, action_horizon
         self.meta = load_meta(path)
         self.zarr_path = os.path.join(path, "data.zarr")
@@ -536,6 +540,8 @@ class DemoDataset(torch.utils.data.Dataset):
         item = {"proprio": torch.from_numpy(self.proprio[obs_idx]), "action": torch.from_numpy(self.action[idx]),
                 "skill_id": torch.tensor(self.skill_id[idx[0]]),
                 "done": torch.from_numpy(done_targets(self._win_start[i], self._win_hi[i], self.pred_horizon))}
+        if self.aux_targets:  # a training label only (the auxiliary head's): object/target - TCP offsets now
+            item["aux_target"] = torch.from_numpy(self.state[obs_idx[-1], -AUX_TARGET_DIM:].copy())
         lo, hi = int(obs_idx.min()), int(obs_idx.max())
         for c in self.cameras:
             if self.preloaded:

@@ -23,7 +23,7 @@ def policy_dataset(data_dir: str, split: str, cfg: DiffusionConfig) -> DemoDatas
     robot = cfg.obs_mode == "robot"
     return DemoDataset(data_dir, split, cfg.obs_horizon, cfg.pred_horizon, cfg.action_horizon,
                        load_rgb=cfg.obs_mode == "rgb", robot=robot, cameras=cfg.cameras if robot else None,
-                       preload=robot and cfg.preload_frames)
+                       preload=robot and cfg.preload_frames, aux_targets=robot and cfg.aux_loss_weight > 0)
 
 
 def val_batches(data_dir: str, cfg: DiffusionConfig, log) -> Optional[list]:

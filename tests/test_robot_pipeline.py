@@ -70,6 +70,13 @@ def test_collect_robot_records_frames_proprio_sentences_and_checksums(robot_data
     pre = DemoDataset(robot_data, "train", robot=True, preload=True, cameras=["wrist"])
     assert set(pre[3]) == {"rgb:wrist", "proprio", "action", "skill_id", "done"}
     assert torch.equal(pre[3]["rgb:wrist"], ds[3]["rgb:wrist"])
+    aux = DemoDataset(robot_data, "train", robot=True, aux_targets=True)   # the auxiliary head's labels, on request
+    for i in (0, len(aux) // 2):
+        now = aux.window_indices(i)[1]   # obs_horizon 2: the current step
+        assert torch.equal(aux[i]["aux_target"], torch.from_numpy(aux.state[now, -6:]))
+        assert set(aux[i]) - set(ds[i]) == {"aux_target"}
+    obj, tcp = aux.state[0, 23:26], aux.state[0, 0:3]
+    assert np.allclose(obj, aux.state[0, 7:10] - tcp, atol=1e-5), "object - TCP, as the state layout says"
     with pytest.raises(DatasetError, match="camera"):
         DemoDataset(robot_data, "train", robot=True, cameras=["top"])
     with pytest.raises(DatasetError, match="--obs state"):   # one observation mode per dataset

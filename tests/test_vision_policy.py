@@ -65,6 +65,59 @@ def test_resnet18_groupnorm_shapes_and_no_batchnorm():
     assert "GroupNorm" in kinds and not any("BatchNorm" in k for k in kinds)
 
 
+def test_fewer_resnet_stages_keep_a_finer_keypoint_map():
+    for stages, side in ((1, 14), (2, 7), (3, 4), (4, 2)):
+        out = ResNet18GN(width=8, stages=stages)(torch.randn(1, 3, 56, 56))
+        assert out.shape[-2:] == (side, side) == (feature_map_size(56, stages),) * 2
+        assert out.shape[1] == 8 * 2 ** (stages - 1)
+    with pytest.raises(ConfigError, match="vision_stages"):
+        robot_config(vision_stages=5)
+    with pytest.raises(ConfigError, match="crop_size"):
+        robot_config(vision_stages=4, crop_size=32, image_shape=(40, 40, 3))
+    assert robot_config(vision_stages=2, crop_size=32, image_shape=(40, 40, 3)).crop_size == 32
+
+
+def test_film_makes_the_keypoints_depend_on_the_text_and_starts_as_identity():
+    torch.manual_seed(0)
+    plain, film = ResNet18GN(width=8, stages=2), ResNet18GN(width=8, stages=2, film_dim=5)
+    film.load_state_dict({**plain.state_dict(), **{k: v for k, v in film.state_dict().items() if "films" in k}})
+    x, a, b = torch.randn(2, 3, 40, 40), torch.randn(2, 5), torch.randn(2, 5)
+    assert torch.allclose(film(x, a), plain(x)), "zero-initialised FiLM is the identity"
+    with pytest.raises(ValueError, match="condition"):
+        film(x)
+    for lin in film.films:
+        nn.init.normal_(lin.weight, std=0.5)
+    assert not torch.allclose(film(x, a), film(x, b)), "another text must change the feature maps"
+    enc = VisionEncoder(["front", "wrist"], crop_size=36, width=8, num_keypoints=4, out_dim=6, stages=2, film_dim=5)
+    frames = {c: torch.randint(0, 256, (2, 40, 40, 3), dtype=torch.uint8) for c in ("front", "wrist")}
+    enc.eval()
+    assert enc(frames, a).shape == (2, 12)
+
+
+def test_aux_head_trains_on_the_offsets_and_is_not_an_input():
+    cfg = tiny_robot_config(vision_stages=2, vision_film=True, aux_loss_weight=1.0)
+    policy = make_policy(cfg, ["pick the red block", "pick the blue block"], stats=tiny_stats())
+    batch = robot_batch(cfg, ["a", "b"])
+    with pytest.raises(KeyError, match="aux_target"):
+        policy.loss_terms(batch)
+    batch["aux_target"] = torch.full((4, 6), 0.05)
+    terms = policy.loss_terms(batch)
+    assert terms["aux"] is not None and torch.isfinite(terms["aux"])
+    assert torch.allclose(terms["loss"], terms["diffusion"] + terms["done"] + terms["aux"])
+    opt = torch.optim.Adam(policy.aux_head.parameters(), lr=1e-2)
+    first = None
+    for _ in range(60):
+        loss = policy.loss_terms(batch)["aux"]
+        first = first if first is not None else float(loss.detach())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.1 * first, "the head fits its targets"
+    policy.eval()  # inference needs no aux_target: the labels never go in
+    obs = {k: v for k, v in batch.items() if k not in ("action", "done", "aux_target")}
+    assert policy.predict(obs)["action"].shape == (4, cfg.pred_horizon, A)
+
+
 def test_camera_encoder_random_crop_in_training_centre_crop_in_eval():
     enc = RgbCameraEncoder(crop_size=8, width=8, num_keypoints=4, out_dim=6)
     img = torch.arange(12 * 12, dtype=torch.float32).reshape(1, 1, 12, 12).expand(16, 3, 12, 12)
@@ -193,9 +246,13 @@ def test_robot_observation_has_cameras_and_proprio_only(backend):
 
 def test_policy_inputs_and_privileged_follow_the_config():
     assert policy_inputs(robot_config()) == {"policy_inputs": ["rgb:front", "rgb:wrist", "proprio", "text"],
-                                             "privileged": False}
+                                             "privileged": False, "training_labels": ["action", "done"]}
+    aux = policy_inputs(robot_config(aux_loss_weight=1.0))
+    assert aux["privileged"] is False and aux["training_labels"] == ["action", "done", "aux:object-tcp",
+                                                                     "aux:target-tcp"]
     assert policy_inputs(robot_config(cameras=["wrist"]))["policy_inputs"] == ["rgb:wrist", "proprio", "text"]
-    assert policy_inputs(DiffusionConfig()) == {"policy_inputs": ["state", "text", "task_id"], "privileged": True}
+    assert policy_inputs(DiffusionConfig()) == {"policy_inputs": ["state", "text", "task_id"], "privileged": True,
+                                                "training_labels": ["action"]}
     assert policy_inputs(DiffusionConfig(obs_mode="rgb"))["privileged"] is True
     with pytest.raises(ConfigError, match="text_encoder"):
         robot_config(text_encoder="builtin", text_embed_dim=256)

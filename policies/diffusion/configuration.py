@@ -53,6 +53,8 @@ class DiffusionConfig:
     rgb_feature_dim: int = 64             # per camera
     vision_width: int = 32                # robot: ResNet-18 (GroupNorm) first-stage channels (64 in ResNet-18)
     vision_shared: bool = False           # robot: one encoder for every camera instead of one per camera
+    vision_stages: int = 4                # robot: ResNet-18 stages kept (fewer: a finer keypoint map on small frames)
+    vision_film: bool = False             # robot: FiLM every vision stage by the skill text (RT-1 / BC-Z style)
     text_encoder: str = "builtin"         # "minilm" (all-MiniLM-L6-v2), "builtin" (hashing) or a local folder
     text_embed_dim: int = 256             # output size of the builtin encoder
     skill_cond_dim: int = 64
@@ -61,6 +63,11 @@ class DiffusionConfig:
     done_head: bool = False
     done_hidden_dim: int = 256
     done_loss_weight: float = 1.0
+    # robot, training only: an auxiliary head regresses the named object's and the target's offsets from the
+    # TCP (the privileged state's last 6 values, 'aux_target') from the policy's condition. These are labels,
+    # never inputs: evaluation feeds nothing privileged; checkpoints list them in 'training_labels'.
+    aux_loss_weight: float = 0.0
+    aux_hidden_dim: int = 128
     # noise schedule and sampling
     num_train_timesteps: int = 100
     beta_schedule: str = "squaredcos_cap_v2"
@@ -115,7 +122,7 @@ class DiffusionConfig:
         for name in ("obs_horizon", "pred_horizon", "action_horizon", "kernel_size", "n_groups",
                      "diffusion_step_embed_dim", "state_feature_dim", "state_hidden_dim", "crop_size",
                      "num_keypoints", "rgb_feature_dim", "text_embed_dim", "skill_cond_dim",
-                     "task_embed_dim", "vision_width", "done_hidden_dim", "num_train_timesteps", "num_inference_steps", "batch_size",
+                     "task_embed_dim", "vision_width", "done_hidden_dim", "aux_hidden_dim", "num_train_timesteps", "num_inference_steps", "batch_size",
                      "steps", "log_every", "checkpoint_every", "val_batches"):
             pos_int(name)
         need(isinstance(self.val_every, int) and not isinstance(self.val_every, bool) and self.val_every >= 0,
@@ -128,13 +135,20 @@ class DiffusionConfig:
              "must be distinct camera names (identifiers)")
         if self.obs_mode == "robot":
             need(len(self.cameras) >= 1, "cameras", "a robot-input policy needs at least one camera")
-            need(self.crop_size >= 33, "crop_size", "must be at least 33 for obs_mode 'robot' (ResNet-18 divides "
-                 "by 32 and spatial softmax needs a feature map of at least 2x2)")
+            need(isinstance(self.vision_stages, int) and 1 <= self.vision_stages <= 4, "vision_stages",
+                 "must be 1, 2, 3 or 4")
+            need(self.crop_size >= 2 ** (self.vision_stages + 1) + 1, "crop_size",
+                 f"must be at least {2 ** (self.vision_stages + 1) + 1} for obs_mode 'robot' with vision_stages="
+                 f"{self.vision_stages} (spatial softmax needs a feature map of at least 2x2)")
             need(not self.text_encoder.startswith("builtin"), "text_encoder",
                  "a robot-input policy needs a pretrained sentence encoder ('minilm'), not the hashing one")
         if self.text_encoder == "minilm":
             need(self.text_embed_dim == MINILM_DIM, "text_embed_dim", f"must be {MINILM_DIM} for text_encoder 'minilm'")
         need(self.done_loss_weight >= 0, "done_loss_weight", "must be >= 0")
+        need(isinstance(self.aux_loss_weight, (int, float)) and self.aux_loss_weight >= 0, "aux_loss_weight",
+             "must be >= 0")
+        need(self.aux_loss_weight == 0 or self.obs_mode == "robot", "aux_loss_weight",
+             "the auxiliary offset head is for obs_mode 'robot' (the privileged modes already get the offsets)")
         need(self.obs_horizon - 1 + self.action_horizon <= self.pred_horizon, "action_horizon",
              "obs_horizon - 1 + action_horizon must not exceed pred_horizon")
         need(self.kernel_size % 2 == 1, "kernel_size", "must be odd")
@@ -265,11 +279,16 @@ def robot_config(**changes: Any) -> DiffusionConfig:
 
 def policy_inputs(config: DiffusionConfig) -> dict:
     """What goes into a policy: {'policy_inputs': e.g. ['rgb:front', 'rgb:wrist', 'proprio', 'text'],
-    'privileged': True when any simulator ground truth does (the state vector's object and target poses)}."""
+    'privileged': True when any simulator ground truth does (the state vector's object and target poses),
+    'training_labels': what supervises it ('aux:*' are simulator offsets the auxiliary head regresses in training
+    only; they never go in, so they do not make a policy privileged)}."""
     if config.obs_mode == "robot":
         names = [f"rgb:{c}" for c in config.cameras] + ["proprio", "text"]
     elif config.obs_mode == "rgb":
         names = ["rgb:front", "state", "text", "task_id"]
     else:
         names = ["state", "text", "task_id"]
-    return {"policy_inputs": names, "privileged": config.obs_mode in PRIVILEGED_MODES}
+    labels = ["action"] + (["done"] if config.done_head else []) + (
+        ["aux:object-tcp", "aux:target-tcp"] if config.aux_loss_weight > 0 else [])
+    return {"policy_inputs": names, "privileged": config.obs_mode in PRIVILEGED_MODES,
+            "training_labels": labels}

@@ -18,6 +18,10 @@ from .normalize import MinMaxNormalizer
 from .vision import RgbEncoder, SpatialSoftmax, VisionEncoder  # noqa: F401 - RgbEncoder, SpatialSoftmax re-exported
 
 
+AUX_DIM = 6        # the auxiliary head's targets: named object - TCP (3), target - TCP (3), in metres
+AUX_SCALE = 10.0   # ... regressed in decimetres, so the loss is of the order of the diffusion loss
+
+
 # ----------------------------------------------------------------------------- U-Net parts
 class SinusoidalPosEmb(nn.Module):
     """Sinusoidal embedding of a (B,) diffusion timestep into (B, dim)."""
@@ -164,7 +168,8 @@ class DiffusionPolicy(nn.Module):
         self.state_encoder = self.rgb_encoder = self.vision_encoder = self.task_embedding = None
         if robot:  # Diffusion Policy: per-step camera features and the normalised low-dim obs, concatenated
             self.vision_encoder = VisionEncoder(cfg.cameras, cfg.crop_size, cfg.vision_width, cfg.num_keypoints,
-                                                cfg.rgb_feature_dim, cfg.vision_shared)
+                                                cfg.rgb_feature_dim, cfg.vision_shared, cfg.vision_stages,
+                                                cfg.text_embed_dim if cfg.vision_film else 0)
             obs_feat = self.vision_encoder.out_dim + cfg.proprio_dim
         else:
             self.state_encoder = StateEncoder(cfg.state_dim, cfg.state_hidden_dim, cfg.state_feature_dim)
@@ -183,6 +188,10 @@ class DiffusionPolicy(nn.Module):
         if cfg.done_head:  # logits of 'the skill is over' at each chunk step, from the same condition
             self.done_head = nn.Sequential(nn.Linear(global_cond_dim, cfg.done_hidden_dim), nn.Mish(),
                                            nn.Linear(cfg.done_hidden_dim, cfg.pred_horizon))
+        self.aux_head = None
+        if cfg.aux_loss_weight > 0:  # training-only labels: the named object's and the target's offsets from the TCP
+            self.aux_head = nn.Sequential(nn.Linear(global_cond_dim, cfg.aux_hidden_dim), nn.Mish(),
+                                          nn.Linear(cfg.aux_hidden_dim, AUX_DIM))
         sched = dict(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
                      clip_sample=cfg.clip_sample, clip_sample_range=cfg.clip_sample_range,
                      prediction_type=cfg.prediction_type)
@@ -224,9 +233,11 @@ class DiffusionPolicy(nn.Module):
                     raise KeyError(f"this policy needs {key!r} frames (B, To, H, W, 3); batch has {sorted(batch)}")
                 rgb = batch[key][:, :cfg.obs_horizon]
                 frames[c] = rgb.reshape(b * cfg.obs_horizon, *rgb.shape[2:])
-            vis = self.vision_encoder(frames).reshape(b, cfg.obs_horizon, -1)
+            skill = self._skill(batch, state.dtype)
+            film = skill.repeat_interleave(cfg.obs_horizon, dim=0) if cfg.vision_film else None
+            vis = self.vision_encoder(frames, film).reshape(b, cfg.obs_horizon, -1)
             obs = torch.cat([vis, self.state_normalizer.normalize(state)], dim=-1).reshape(b, -1)
-            return torch.cat([obs, self.skill_proj(self._skill(batch, obs.dtype))], dim=-1)
+            return torch.cat([obs, self.skill_proj(skill.to(obs.dtype))], dim=-1)
         feats = [self.state_encoder(self.state_normalizer.normalize(state))]
         if self.rgb_encoder is not None:
             rgb = batch["rgb"][:, :cfg.obs_horizon]
@@ -243,15 +254,18 @@ class DiffusionPolicy(nn.Module):
 
     # -- training
     def loss_terms(self, batch: dict) -> dict:
-        """The training losses: {'loss': total, 'diffusion': denoising MSE, 'done': BCE of the done head or None}.
+        """The training losses: {'loss': total, 'diffusion': denoising MSE, 'done': BCE of the done head or None,
+        'aux': the auxiliary offset head's MSE or None}.
 
         With the done head the batch needs 'done' (B, Tp) targets (optional 'done_mask' (B, Tp) weights);
-        total = diffusion + done_loss_weight * done.
+        total = diffusion + done_loss_weight * done (+ aux_loss_weight * aux).
         """
         cond = self.global_condition(batch)
         diffusion = self._diffusion_loss(batch, cond)
+        aux = self._aux_loss(batch, cond)
+        total = diffusion if aux is None else diffusion + self.config.aux_loss_weight * aux
         if self.done_head is None:
-            return {"loss": diffusion, "diffusion": diffusion, "done": None}
+            return {"loss": total, "diffusion": diffusion, "done": None, "aux": aux}
         if "done" not in batch:
             raise KeyError("this policy has a done head: training batches need 'done' (B, pred_horizon) targets")
         logits = self.done_head(cond).float()
@@ -261,7 +275,16 @@ class DiffusionPolicy(nn.Module):
         weight = batch.get("done_mask")
         done = F.binary_cross_entropy_with_logits(
             logits, target, weight=None if weight is None else weight.to(logits.device, torch.float32))
-        return {"loss": diffusion + self.config.done_loss_weight * done, "diffusion": diffusion, "done": done}
+        return {"loss": total + self.config.done_loss_weight * done, "diffusion": diffusion, "done": done, "aux": aux}
+
+    def _aux_loss(self, batch: dict, cond: torch.Tensor) -> Optional[torch.Tensor]:
+        """MSE of the auxiliary head against 'aux_target' (B, 6) metres, scaled by AUX_SCALE (None without it)."""
+        if self.aux_head is None:
+            return None
+        if "aux_target" not in batch:
+            raise KeyError("this policy has an auxiliary head: training batches need 'aux_target' (B, 6)")
+        target = batch["aux_target"].to(cond.device, torch.float32) * AUX_SCALE
+        return F.mse_loss(self.aux_head(cond).float(), target)
 
     def compute_loss(self, batch: dict) -> torch.Tensor:
         """Return the training loss (denoising MSE, plus the weighted done BCE with the done head)."""

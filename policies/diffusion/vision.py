@@ -10,7 +10,7 @@ small encoder of the privileged `obs_mode="rgb"` policies.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -86,36 +86,57 @@ class ResNet18GN(nn.Module):
     """ResNet-18 trunk (7x7/2 stem, 3x3/2 max-pool, 4 stages of 2 basic blocks), GroupNorm, no pooling head.
 
     width is the first stage's channels (64 in ResNet-18); the stages have width x (1, 2, 4, 8).
-    (B, 3, H, W) -> (B, 8 * width, ~H/32, ~W/32).
+    (B, 3, H, W) -> (B, 8 * width, ~H/32, ~W/32). stages < 4 keeps only the first ones, so small frames
+    keep a keypoint map of useful resolution (a 56-px crop: 2x2 with 4 stages, 7x7 with 2).
+    With film_dim, each stage's output is FiLM-modulated (per-channel scale and bias) by a condition vector
+    (the skill text), as in RT-1 / BC-Z, so the keypoints can follow the object the sentence names.
     """
 
-    def __init__(self, width: int = 64) -> None:
+    def __init__(self, width: int = 64, stages: int = 4, film_dim: int = 0) -> None:
         super().__init__()
+        if not 1 <= int(stages) <= 4:
+            raise ValueError(f"ResNet18GN stages must be 1..4, got {stages}")
         self.stem = nn.Sequential(nn.Conv2d(3, width, 7, 2, 3, bias=False), group_norm(width), nn.ReLU(),
                                   nn.MaxPool2d(3, 2, 1))
-        stages, c_prev = [], width
-        for i, mult in enumerate((1, 2, 4, 8)):
+        blocks, films, c_prev = [], [], width
+        for i, mult in enumerate((1, 2, 4, 8)[:int(stages)]):
             c = width * mult
-            stages.append(nn.Sequential(BasicBlockGN(c_prev, c, 1 if i == 0 else 2), BasicBlockGN(c, c, 1)))
+            blocks.append(nn.Sequential(BasicBlockGN(c_prev, c, 1 if i == 0 else 2), BasicBlockGN(c, c, 1)))
+            if film_dim:
+                films.append(nn.Linear(film_dim, 2 * c))
             c_prev = c
-        self.stages = nn.Sequential(*stages)
+        self.stages = nn.Sequential(*blocks)
+        self.films = nn.ModuleList(films) if films else None
         self.out_channels = c_prev
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        for lin in films:  # start as the identity: scale 1 + 0, bias 0
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Feature maps of images x (B, 3, H, W)."""
-        return self.stages(self.stem(x))
+    def forward(self, x: torch.Tensor, cond: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Feature maps of images x (B, 3, H, W); cond (B, film_dim) when built with film_dim."""
+        x = self.stem(x)
+        if self.films is None:
+            return self.stages(x)
+        if cond is None:
+            raise ValueError("this encoder is FiLM-conditioned: pass the condition (B, film_dim)")
+        for stage, film in zip(self.stages, self.films):
+            x = stage(x)
+            scale, bias = film(cond.to(x.dtype)).chunk(2, dim=-1)
+            x = x * (1.0 + scale[:, :, None, None]) + bias[:, :, None, None]
+        return x
 
 
 class RgbCameraEncoder(nn.Module):
     """One camera: crop -> ResNet18GN -> 1x1 conv to keypoint maps -> spatial softmax -> Linear + ReLU."""
 
-    def __init__(self, crop_size: int, width: int = 64, num_keypoints: int = 32, out_dim: int = 64) -> None:
+    def __init__(self, crop_size: int, width: int = 64, num_keypoints: int = 32, out_dim: int = 64,
+                 stages: int = 4, film_dim: int = 0) -> None:
         super().__init__()
         self.crop_size = int(crop_size)
-        self.backbone = ResNet18GN(width)
+        self.backbone = ResNet18GN(width, stages, film_dim)
         self.keypoints = nn.Conv2d(self.backbone.out_channels, num_keypoints, 1)
         self.pool = SpatialSoftmax()
         self.out = nn.Sequential(nn.Linear(2 * num_keypoints, out_dim), nn.ReLU())
@@ -125,14 +146,14 @@ class RgbCameraEncoder(nn.Module):
         """Crop (B, C, H, W) to crop_size: a random window per sample in training, the centre in eval."""
         return crop_images(img, self.crop_size, random=self.training)
 
-    def keypoints_of(self, rgb: torch.Tensor) -> torch.Tensor:
-        """The (B, 2K) soft keypoints of frames (B, H, W, 3), coordinates in [-1, 1]."""
+    def keypoints_of(self, rgb: torch.Tensor, cond: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The (B, 2K) soft keypoints of frames (B, H, W, 3), coordinates in [-1, 1] (cond: the FiLM input)."""
         x = self.crop(to_unit_range(rgb)) * 2.0 - 1.0
-        return self.pool(self.keypoints(self.backbone(x)))
+        return self.pool(self.keypoints(self.backbone(x, cond)))
 
-    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+    def forward(self, rgb: torch.Tensor, cond: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Encode frames (B, H, W, 3) uint8 (or float in [0, 1]) into (B, out_dim)."""
-        return self.out(self.keypoints_of(rgb))
+        return self.out(self.keypoints_of(rgb, cond))
 
 
 class VisionEncoder(nn.Module):
@@ -142,10 +163,10 @@ class VisionEncoder(nn.Module):
     """
 
     def __init__(self, cameras: Sequence[str], crop_size: int, width: int = 64, num_keypoints: int = 32,
-                 out_dim: int = 64, shared: bool = False) -> None:
+                 out_dim: int = 64, shared: bool = False, stages: int = 4, film_dim: int = 0) -> None:
         super().__init__()
         self.cameras, self.shared = tuple(cameras), bool(shared)
-        make = lambda: RgbCameraEncoder(crop_size, width, num_keypoints, out_dim)  # noqa: E731
+        make = lambda: RgbCameraEncoder(crop_size, width, num_keypoints, out_dim, stages, film_dim)  # noqa: E731
         if self.shared:
             self.encoder = make()
         else:
@@ -156,16 +177,17 @@ class VisionEncoder(nn.Module):
         """The encoder that sees camera's frames."""
         return self.encoder if self.shared else self.encoders[camera]
 
-    def forward(self, frames: dict) -> torch.Tensor:
-        """Features (B, len(cameras) * out_dim) of {camera: (B, H, W, 3)} frames."""
+    def forward(self, frames: dict, cond: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Features (B, len(cameras) * out_dim) of {camera: (B, H, W, 3)} frames (cond (B, F): the FiLM input)."""
         missing = [c for c in self.cameras if c not in frames]
         if missing:
             raise KeyError(f"vision encoder needs frames of camera(s) {missing}; got {sorted(frames)}")
         if self.shared:  # one batched pass over every camera's frames
             b = frames[self.cameras[0]].shape[0]
-            out = self.encoder(torch.cat([frames[c] for c in self.cameras], dim=0))
+            cc = None if cond is None else cond.repeat(len(self.cameras), 1)
+            out = self.encoder(torch.cat([frames[c] for c in self.cameras], dim=0), cc)
             return out.reshape(len(self.cameras), b, -1).transpose(0, 1).reshape(b, -1)
-        return torch.cat([self.encoders[c](frames[c]) for c in self.cameras], dim=-1)
+        return torch.cat([self.encoders[c](frames[c], cond) for c in self.cameras], dim=-1)
 
 
 # ----------------------------------------------------------------------------- the older small encoder
@@ -213,8 +235,8 @@ class RgbEncoder(nn.Module):
         return self.out(self.pool(self.keypoints(self.backbone(x))))
 
 
-def feature_map_size(size: int) -> int:
+def feature_map_size(size: int, stages: int = 4) -> int:
     """Side of ResNet18GN's last feature map for a size x size input."""
-    for _ in range(5):  # stem conv, max-pool, three stride-2 stages
+    for _ in range(1 + int(stages)):  # stem conv, max-pool, the stride-2 stages after the first
         size = math.floor((size - 1) / 2) + 1
     return size
