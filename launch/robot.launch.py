@@ -1,10 +1,15 @@
 """A real robot: policy + planner against a robot driver (`ros2 launch launch/robot.launch.py checkpoint:=RUN`).
 
-The policy needs the state JSON of `/taskweave/symbolic_state` (robot features, commanded TCP target,
-objects; see `taskweave.ros.state_json`) from a perception / driver bridge, and its TCP targets
-(PoseStamped, gripper pointing down) and finger width (Float64) go to the driver's command topics.
-Remap all three with the launch arguments. Without ROS 2 installed, `taskweave bringup robot
---remap FROM:=TO` runs the same graph.
+The checkpoint decides what the policy node reads. A robot-input (RGB) checkpoint needs no
+ground-truth bridge: it reads the driver's standard topics, the front camera (`image_topic`,
+sensor_msgs/Image rgb8 or bgr8), the wrist camera (`wrist_image_topic`, when the checkpoint has a
+'wrist' camera) and `joint_states_topic` (sensor_msgs/JointState with the Panda's 7 arm joints and
+2 finger joints by name; the TCP pose comes from them by forward kinematics). A privileged (state)
+checkpoint needs the state JSON of `/taskweave/symbolic_state` (robot features, commanded TCP target,
+objects; see `taskweave.ros.state_json`) from a perception / driver bridge. The planner reads that
+symbolic state in either case (it plans over objects). TCP targets (PoseStamped, gripper pointing
+down) and the finger width (Float64) go to the driver's command topics. Remap every topic with the
+launch arguments. Without ROS 2 installed, `taskweave bringup robot --remap FROM:=TO` runs the same graph.
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
@@ -35,6 +40,9 @@ ARGUMENTS = {
     "state_topic": ("/taskweave/symbolic_state", "the bridge's state JSON (std_msgs/String)"),
     "ee_command_topic": ("/taskweave/ee_command", "the driver's TCP target input (geometry_msgs/PoseStamped)"),
     "gripper_command_topic": ("/taskweave/gripper_command", "the driver's finger width input (std_msgs/Float64)"),
+    "image_topic": ("/camera/image_raw", "RGB policies: the front camera (sensor_msgs/Image rgb8 | bgr8)"),
+    "wrist_image_topic": ("/wrist_camera/image_raw", "RGB policies: the wrist camera (sensor_msgs/Image)"),
+    "joint_states_topic": ("/joint_states", "RGB policies: the arm and finger joints (sensor_msgs/JointState)"),
 }
 
 
@@ -54,7 +62,10 @@ def generate_launch_description():
         }],
         remappings=[state,
                     ("/taskweave/ee_command", LaunchConfiguration("ee_command_topic")),
-                    ("/taskweave/gripper_command", LaunchConfiguration("gripper_command_topic"))],
+                    ("/taskweave/gripper_command", LaunchConfiguration("gripper_command_topic")),
+                    ("/camera/image_raw", LaunchConfiguration("image_topic")),
+                    ("/wrist_camera/image_raw", LaunchConfiguration("wrist_image_topic")),
+                    ("/joint_states", LaunchConfiguration("joint_states_topic"))],
     )
     planner = Node(
         package=package, executable="taskweave-planner-node", name="taskweave_planner", output="screen",

@@ -3,6 +3,8 @@
 Publish an instruction to run a task end to end:
     ros2 topic pub --once /taskweave/instruction std_msgs/msg/String "{data: 'put the blue block in the orange bowl'}"
 and watch `/taskweave/status`. Without ROS 2 installed, `taskweave bringup sim` runs the same graph.
+A robot-input (RGB) checkpoint reads the sim's cameras and joint states like a robot's driver topics:
+pass `publish_cameras:=true image_size:=<its frame size, e.g. 96>` (`taskweave bringup` sets both itself).
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
@@ -28,6 +30,7 @@ ARGUMENTS = {
     "control_rate": ("10.0", "control ticks per second of simulated time"),
     "time_scale": ("1.0", "simulation speed-up over the wall clock"),
     "publish_images": ("false", "publish /camera/image_raw"),
+    "publish_cameras": ("false", "publish /camera/image_raw and /wrist_camera/image_raw (RGB policies)"),
     "image_size": ("128", "camera image size in pixels"),
     "camera": ("front", "scene camera"),
     "command_timeout": ("0.2", "seconds without ee commands before the watchdog holds the arm"),
@@ -52,6 +55,7 @@ def generate_launch_description():
             "task": _arg("task"), "backend": _arg("backend"), "seed": _arg("seed", int),
             "control_rate": _arg("control_rate", float), "time_scale": _arg("time_scale", float),
             "publish_images": _arg("publish_images", bool), "image_size": _arg("image_size", int),
+            "publish_cameras": _arg("publish_cameras", bool),
             "camera": _arg("camera"), "command_timeout": _arg("command_timeout", float),
         }],
     )

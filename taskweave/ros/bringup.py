@@ -5,6 +5,10 @@ against a robot driver's topics (like `launch/robot.launch.py`, remap with `--re
 The nodes get the same parameters as from the launch files and talk over real DDS, on a
 `MultiThreadedExecutor`. With `--instruction` the run publishes it, waits for the episode to end
 and exits 0 on success, 1 on failure, 3 when the run could not complete; otherwise it runs for `--duration` seconds (0: until Ctrl-C).
+
+A robot-input (RGB) checkpoint reads cameras and `/joint_states`, not the state JSON: in the sim graph
+the sim then publishes its cameras (`publish_cameras`) at the checkpoint's frame size unless
+`--image-size` says otherwise; `--camera-topics` maps the checkpoint's cameras to image topics.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ _FLAGS = {
     "task": ("task", ("sim",)), "backend": ("backend", ("sim",)), "seed": ("seed", ("sim",)),
     "control_rate": ("control_rate", ("sim", "policy")), "time_scale": ("time_scale", ("sim",)),
     "publish_images": ("publish_images", ("sim",)), "image_size": ("image_size", ("sim",)),
+    "publish_cameras": ("publish_cameras", ("sim",)), "camera_topics": ("camera_topics", ("policy",)),
     "camera": ("camera", ("sim",)), "command_timeout": ("command_timeout", ("sim",)),
     "checkpoint": ("checkpoint", ("policy",)), "device": ("device", ("policy",)),
     "policy_task": ("task", ("policy",)), "planner": ("planner", ("planner",)), "llm": ("llm", ("planner",)),
@@ -38,12 +43,17 @@ def add_bringup_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--control-rate", type=float, default=d["control_rate"], help="Hz")
     p.add_argument("--time-scale", type=float, default=d["time_scale"], help="sim speed-up over wall clock")
     p.add_argument("--publish-images", action="store_true")
-    p.add_argument("--image-size", type=int, default=d["image_size"])
+    p.add_argument("--publish-cameras", action="store_true", default=None,
+                   help="sim: publish the front and wrist cameras (on by default with a robot-input checkpoint)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help=f"camera image size (default: a robot-input checkpoint's frame size, else {d['image_size']})")
     p.add_argument("--camera", default=d["camera"])
     p.add_argument("--command-timeout", type=float, default=d["command_timeout"], help="watchdog, seconds")
     p.add_argument("--checkpoint", default=POLICY_PARAMETERS["checkpoint"][0], help="policy checkpoint")
     p.add_argument("--device", default=POLICY_PARAMETERS["device"][0])
     p.add_argument("--policy-task", default=POLICY_PARAMETERS["task"][0], help="task conditioning of the policy")
+    p.add_argument("--camera-topics", default=POLICY_PARAMETERS["camera_topics"][0],
+                   help="robot-input checkpoints: camera=topic,... (sensor_msgs/Image per camera)")
     p.add_argument("--planner", default=PLANNER_PARAMETERS["planner"][0],
                    choices=("tree", "clea", "iterative", "openloop"))
     from taskweave.commands.common import add_llm_arguments
@@ -74,6 +84,13 @@ def node_parameters(args) -> dict:
     return out
 
 
+def robot_sim_parameters(policy_fn) -> dict:
+    """Sim parameters a robot-input policy needs (its cameras published at its frame size); {} for others."""
+    if not getattr(policy_fn, "robot", False):
+        return {}
+    return {"publish_cameras": True, "image_size": int(policy_fn.image_shape[0])}
+
+
 def bringup_main(args=None) -> int:
     """Run the node graph (args: a parsed Namespace or an argv list); 0 on success or a clean stop."""
     if args is None or isinstance(args, (list, tuple)):
@@ -98,11 +115,12 @@ def _run(args, rclpy, ctx) -> int:
     cli = ["--ros-args"] + [x for r in args.remap for x in ("-r", r)] if args.remap else None
     nodes = []
     try:
+        policy = PolicyNode(context=ctx, cli_args=cli, parameter_overrides=overrides(POLICY_PARAMETERS, values["policy"]))
+        nodes.append(policy)
         if args.graph == "sim":
             from taskweave.ros.sim_node import SimNode
-            nodes.append(SimNode(context=ctx, parameter_overrides=overrides(SIM_PARAMETERS, values["sim"])))
-        nodes.append(PolicyNode(context=ctx, cli_args=cli,
-                                parameter_overrides=overrides(POLICY_PARAMETERS, values["policy"])))
+            sim_values = {**robot_sim_parameters(policy.policy_fn), **values["sim"]}
+            nodes.insert(0, SimNode(context=ctx, parameter_overrides=overrides(SIM_PARAMETERS, sim_values)))
         planner = PlannerNode(context=ctx, cli_args=cli,
                               parameter_overrides=overrides(PLANNER_PARAMETERS, values["planner"]))
         nodes.append(planner)

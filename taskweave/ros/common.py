@@ -18,7 +18,8 @@ DEFAULT_RMW = "rmw_fastrtps_cpp"
 # topic -> (message type "pkg/Type", QoS kind); the node modules hold no other topic names.
 TOPICS = {
     "/joint_states": ("sensor_msgs/JointState", "sensor"),
-    "/camera/image_raw": ("sensor_msgs/Image", "sensor"),
+    "/camera/image_raw": ("sensor_msgs/Image", "sensor"),          # the front (scene) camera
+    "/wrist_camera/image_raw": ("sensor_msgs/Image", "sensor"),    # the camera on the hand
     "/taskweave/object_poses": ("geometry_msgs/PoseArray", "sensor"),
     "/taskweave/ee_pose": ("geometry_msgs/PoseStamped", "sensor"),
     "/taskweave/symbolic_state": ("std_msgs/String", "sensor"),
@@ -27,6 +28,7 @@ TOPICS = {
     "/taskweave/skill_request": ("std_msgs/String", "request"),
     "/taskweave/skill_result": ("std_msgs/String", "request"),
     "/taskweave/current_skill": ("std_msgs/String", "latched"),
+    "/taskweave/skill_done": ("std_msgs/String", "request"),       # the policy's done head ended its skill
     "/taskweave/instruction": ("std_msgs/String", "request"),
     "/taskweave/status": ("std_msgs/String", "latched"),
     "/taskweave/watchdog": ("std_msgs/String", "latched"),
@@ -86,9 +88,10 @@ def make_pub(node, topic: str):
     return node.create_publisher(msg_class(type_name), topic, qos(kind))
 
 
-def make_sub(node, topic: str, callback, callback_group=None):
-    """A subscription to one of TOPICS with its documented type and QoS."""
-    type_name, kind = TOPICS[topic]
+def make_sub(node, topic: str, callback, callback_group=None, like: Optional[str] = None):
+    """A subscription to one of TOPICS with its documented type and QoS (like: a topic of TOPICS whose type and
+    QoS another topic name, e.g. a camera topic from a node parameter, takes)."""
+    type_name, kind = TOPICS[like or topic]
     return node.create_subscription(msg_class(type_name), topic, callback, qos(kind),
                                     callback_group=callback_group)
 

@@ -12,6 +12,8 @@ SIM_PARAMETERS = {
     "control_rate": (10.0, "control ticks per second of simulated time"),
     "time_scale": (1.0, "wall-clock speed-up: ticks run at control_rate * time_scale per second"),
     "publish_images": (False, "publish sensor_msgs/Image rgb8 on /camera/image_raw"),
+    "publish_cameras": (False, "publish what a robot-input policy sees: the `camera` frames on /camera/image_raw "
+                               "and the wrist camera's on /wrist_camera/image_raw (rgb8, image_size)"),
     "image_size": (128, "image width and height in pixels"),
     "camera": ("front", "camera of the scene spec"),
     "command_timeout": (0.2, "seconds without an ee_command before the watchdog holds the arm"),
@@ -27,6 +29,8 @@ POLICY_PARAMETERS = {
     "num_inference_steps": (0, "diffusion sampling steps (0 = the checkpoint's default)"),
     "obs_timeout": (0.5, "seconds after which an observation is too old to act on"),
     "frame_id": ("world", "frame of the published TCP targets"),
+    "camera_topics": ("front=/camera/image_raw,wrist=/wrist_camera/image_raw",
+                      "robot-input checkpoints: camera=topic (sensor_msgs/Image) for each camera the policy sees"),
 }
 
 PLANNER_PARAMETERS = {

@@ -63,10 +63,12 @@ class PlannerNode(Node):
             raise ValueError(f"executor must be scripted or policy, got {self.params['executor']!r}")
         self.plan_fn = plan_fn or run_planner
         self.state, self.results, self.stop = Latest(), ResultStore(), threading.Event()
+        self.done = Latest()          # the newest /taskweave/skill_done of the policy node (its done head)
         self.pubs = {t: make_pub(self, t) for t in (
             "/taskweave/skill_request", "/taskweave/current_skill", "/taskweave/status")}
         make_sub(self, "/taskweave/symbolic_state", self._on_state)
         make_sub(self, "/taskweave/skill_result", self._on_result)
+        make_sub(self, "/taskweave/skill_done", self._on_done)
         make_sub(self, "/taskweave/instruction", self._on_instruction)
         self.instructions: queue.Queue = queue.Queue()
         self.status: dict = {}
@@ -86,6 +88,11 @@ class PlannerNode(Node):
         d = decode_state(msg.data)
         if d is not None:
             self.results.add(d)
+
+    def _on_done(self, msg) -> None:
+        d = decode_state(msg.data)
+        if d is not None:
+            self.done.set(d)
 
     def _on_instruction(self, msg) -> None:
         text = msg.data.strip()

@@ -6,7 +6,9 @@ Two ways to run a skill:
 - policy: name the skill on `/taskweave/current_skill` and watch `/taskweave/symbolic_state`
   and apply the skill loop's `PostconditionRule` (`taskweave.envs.skill_loop`) to the states that
   arrive: the postcondition holds for `settle_ticks` observations and, after a release, the arm has
-  lifted clear; or a timeout.
+  lifted clear; or a timeout. A policy with a done head ends the skill itself (`/taskweave/skill_done`,
+  the link's `done`): the skill is then scored by its postcondition on the state `DONE_SETTLE_STATES`
+  states later (its last command applied), as `policies.controllers.done_result` scores it in simulation.
 
 A physical scene cannot be restored: `snapshot()` returns a marker and `restore()` only logs, so a
 backtracking planner continues from the scene as it is. When the state names a registered task and
@@ -27,6 +29,7 @@ from taskweave.ros.state_json import symbolic_from_dict
 from taskweave.sim.skill_types import SkillCall, SkillResult
 
 POLICY_SILENT_S = 3.0   # a policy skill fails when the sim's watchdog reports no commands for this long
+DONE_SETTLE_STATES = 2  # states after the policy's done before the postcondition scores the skill
 
 
 class RosSkillExecutor:
@@ -194,6 +197,8 @@ class RosSkillExecutor:
         t0 = time.monotonic()
         rule = PostconditionRule(call, settle=self.settle_ticks)
         seen, last_count, silent_since = 0, link.state.count, None
+        done = getattr(link, "done", None)          # the policy's done head, when the link listens for it
+        done_count, said_done = (done.count if done is not None else 0), None
         try:
             while True:
                 if link.stop.is_set():
@@ -217,6 +222,14 @@ class RosSkillExecutor:
                     silent_since = None
                 ok = skill_succeeded(call, symbolic_from_dict(d), before)
                 seen += 1
+                if said_done is None and done is not None and done.count > done_count:
+                    done_count = done.count
+                    if (done.value or {}).get("skill") == str(call):
+                        said_done = DONE_SETTLE_STATES
+                elif said_done is not None:
+                    said_done -= 1
+                    if said_done <= 0:
+                        return self._done_result(call, ok, seq0)
                 tick = d["seq"] if isinstance(d.get("seq"), int) else seen   # control ticks, when the state says
                 result = rule.update(ok, float(d["robot"][2]), tick)
                 if result is not None:
@@ -224,6 +237,14 @@ class RosSkillExecutor:
                     return result
         finally:
             link.publish_current("")
+
+    def _done_result(self, call: SkillCall, ok: bool, seq0) -> SkillResult:
+        """The score of a skill the policy said is done: success iff its postcondition holds now."""
+        if ok:
+            return SkillResult(True, None, f"{call}: done by the policy", self._ticks(seq0))
+        failure = "grasp_failed" if call.name == "pick" else "missed_target"
+        return SkillResult(False, failure, f"{call}: the policy said done, but the postcondition does not hold",
+                           self._ticks(seq0))
 
     def _ticks(self, seq0) -> int:
         seq = self.link.state.value.get("seq") if self.link.state.value else None

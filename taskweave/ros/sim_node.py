@@ -1,7 +1,10 @@
 """`taskweave-sim-node`: a TaskEnv on MuJoCo or PyBullet behind ROS 2 topics, with a command watchdog.
 
 Every control tick it publishes joint states, the TCP pose, object poses, the symbolic state JSON
-(see `state_json`) and optionally a camera image. It follows absolute TCP targets on
+(see `state_json`) and optionally camera images (rgb8, `image_size` square): `publish_images` the
+`camera` frames on `/camera/image_raw`; `publish_cameras` what a robot-input policy sees, the `camera`
+frames on `/camera/image_raw` and the wrist camera's (`sim.robot.WRIST_CAMERA`) on
+`/wrist_camera/image_raw`, so the sim graph drives an RGB policy through the driver topics. It follows absolute TCP targets on
 `/taskweave/ee_command` + a finger width on `/taskweave/gripper_command` through the same
 end-effector delta controller the policy was trained with, and runs scripted skills on request
 (`/taskweave/skill_request` -> `/taskweave/skill_result`), one control tick at a time.
@@ -34,7 +37,7 @@ from taskweave.ros.common import (declare_params, fill_pose, make_pub, make_sub,
 from taskweave.ros.params import SIM_PARAMETERS
 from taskweave.ros.state_json import encode_state, parse_skill, symbolic_to_dict
 from taskweave.sim.control import GRIPPER_OPEN_WIDTH, MAX_DPOS, MAX_DYAW
-from taskweave.sim.robot import ARM_JOINTS, FINGER_JOINTS
+from taskweave.sim.robot import ARM_JOINTS, FINGER_JOINTS, WRIST_CAMERA
 from taskweave.sim.skill_types import SkillResult
 
 GRIPPER_CLOSED_WIDTH = 0.001   # a commanded width at or below this closes the fingers with force
@@ -68,8 +71,13 @@ class SimNode(Node):
         self.pubs = {t: make_pub(self, t) for t in (
             "/joint_states", "/taskweave/object_poses", "/taskweave/ee_pose", "/taskweave/symbolic_state",
             "/taskweave/skill_result", "/taskweave/watchdog")}
-        if p["publish_images"]:
-            self.pubs["/camera/image_raw"] = make_pub(self, "/camera/image_raw")
+        self.cameras = {}             # topic -> camera rendered on it every tick
+        if p["publish_images"] or p["publish_cameras"]:
+            self.cameras["/camera/image_raw"] = p["camera"]
+        if p["publish_cameras"]:
+            self.cameras["/wrist_camera/image_raw"] = WRIST_CAMERA
+        for topic in self.cameras:
+            self.pubs[topic] = make_pub(self, topic)
         make_sub(self, "/taskweave/ee_command", self._on_ee_command)
         make_sub(self, "/taskweave/gripper_command", self._on_gripper)
         make_sub(self, "/taskweave/skill_request", self._on_skill_request)
@@ -229,7 +237,7 @@ class SimNode(Node):
 
     # ---- outputs ---------------------------------------------------------------
     def publish_state(self) -> None:
-        """Publish joints, poses, the symbolic JSON and (if enabled) the camera image."""
+        """Publish joints, poses, the symbolic JSON and (if enabled) the camera images."""
         env, b = self.env, self.env.backend
         stamp = self.get_clock().now().to_msg()
         frame = self.params["frame_id"]
@@ -272,15 +280,15 @@ class SimNode(Node):
             except (KeyError, IndexError, TypeError, ValueError):
                 d["skill_succeeded"] = False
         self._publish_str("/taskweave/symbolic_state", encode_state(d))
-        if "/camera/image_raw" in self.pubs:
-            s = self.params["image_size"]
-            rgb = np.ascontiguousarray(b.render(self.params["camera"], s, s).rgb, dtype=np.uint8)
+        s = self.params["image_size"]
+        for topic, camera in self.cameras.items():
+            rgb = np.ascontiguousarray(b.render(camera, s, s).rgb, dtype=np.uint8)
             img = Image()
-            img.header.stamp, img.header.frame_id = stamp, self.params["camera"]
+            img.header.stamp, img.header.frame_id = stamp, camera
             img.height, img.width = rgb.shape[:2]
             img.encoding, img.is_bigendian, img.step = "rgb8", 0, rgb.shape[1] * 3
             img.data = rgb.tobytes()
-            self.pubs["/camera/image_raw"].publish(img)
+            self.pubs[topic].publish(img)
 
     def _publish_str(self, topic: str, text: str) -> None:
         m = String()
