@@ -29,6 +29,7 @@ from taskweave.planning.llm.replay import ReplayClient
 from taskweave.planning.llm.offline import ErrorRates, OfflineLLM
 from taskweave.planning.episode import run_episode
 from taskweave.planning.prompts import load_example
+from taskweave.planning.tree_planner import DECIDE_MODES
 
 DEFAULT_TASKS = ("BlockInBowl", "PlaceInZone", "StackOnBlock", "StackTower", "SortByColour", "PackTray")
 # one schedule per task, fired before the N-th skill (@N); $goalN is the object of goal N (names depend on the seed)
@@ -242,8 +243,11 @@ def write_markdown(path: str, rows: list, args, command: str, elapsed: float, pl
                if real else []),
              f"Planners: Tree-Planner N={args.samples} plans (T=0.8, top_p 0.95), "
              + (f"{args.votes} votes (T=0.7), " if args.decide == "votes" else
-                f"branch points decided by `--decide {args.decide}` (one forward pass over the option letters' "
-                f"log-probabilities where the backend reads them, else {args.votes} votes at T=0.7), ")
+                "branch points decided by `--decide majority` (no LLM call: the child most sampled plans go "
+                "through), " if args.decide == "majority" else
+                f"branch points decided by `--decide {args.decide}` (the option letters' log-probabilities"
+                + (", averaged over every cyclic order of the options" if args.decide == "permuted" else
+                   " in one forward pass") + f" where the backend reads them, else {args.votes} votes at T=0.7), ")
              + 
              f"correction budget 10, backtracking **{args.backtrack}**"
              + (" (privileged: simulator restores, counted in the `restores` column)" if args.backtrack == "restore"
@@ -353,9 +357,10 @@ def main(argv=None) -> int:
     p.add_argument("--samples", type=int, default=50, help="Tree-Planner plans sampled")
     p.add_argument("--votes", type=int, default=20, help="Tree-Planner votes per decision")
     p.add_argument("--critic-votes", type=int, default=5)
-    p.add_argument("--decide", default="votes", choices=("votes", "logprobs", "auto"),
+    p.add_argument("--decide", default="votes", choices=DECIDE_MODES,
                    help="Tree-Planner branch points: k sampled votes (the paper's), or one forward pass reading the "
-                        "option letters' log-probabilities (llama backend)")
+                        "option letters' log-probabilities (llama backend), permuted (averaged over the "
+                        "options' cyclic orders), or majority (no call: the child most sampled plans go through)")
     p.add_argument("--backtrack", default="physical", choices=("physical", "restore"),
                    help="Tree-Planner backtracking: physical (no simulator undo) or restore (privileged, counted)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))

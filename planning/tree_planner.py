@@ -1,5 +1,6 @@
 """Tree-Planner (Hu et al., ICLR 2024): sample many plans at once, merge them into an action tree, and
 ask the LLM only where the tree branches; on failure, correct among siblings or backtrack.
+(~420 lines: the tree, its walk with physical or restoring backtracking, and the five ways to decide a branch.)
 
 1. Plan sampling: ONE request for N plans (default 50, temperature 0.8, top_p 0.95). Each plan is
    grounded line by line (near-miss names mapped to scene names); plans still invalid are dropped.
@@ -10,7 +11,11 @@ ask the LLM only where the tree branches; on failure, correct among siblings or 
    the candidate children name (`episode.describe_subset` of `executor.observe()`), the task and the
    actions executed so far. `decide="logprobs"` (`--decide`) replaces the k votes by one forward pass that
    reads the log-probability of each option letter as the reply (`LLMClient.score_options`; the embedded
-   llama backend can); "auto" uses it where the backend can. The record's `decide_mode` says which ran.
+   llama backend can); "auto" uses it where the backend can; "permuted" scores the letters once per cyclic
+   order of the options and averages, so a letter or position bias cancels (k passes for k options);
+   "majority" asks nothing at a branch point and follows the child most sampled plans pass through (the
+   N samples' self-consistency; the observation then only matters through failures and corrections). The
+   record's `decide_mode` says which ran.
 4. Correction: a failed child is marked invalid and the LLM re-decides among the valid siblings with the
    failure (`episode.outcome_line`, the feedback every planner gets) in the prompt; with none left, the
    planner backtracks to the nearest ancestor with valid children. Correction budget: 10.
@@ -49,7 +54,8 @@ from taskweave.sim.skill_types import SkillCall, SkillSyntaxError
 END = "[END]"
 END_OPTION = "[END] (stop: the task is complete)"
 BACKTRACK_MODES = ("physical", "restore")
-DECIDE_MODES = ("votes", "logprobs", "auto")
+DECIDE_MODES = ("votes", "logprobs", "auto", "permuted", "majority")
+SCORING_MODES = ("logprobs", "permuted")   # decide modes that read the option letters' log-probabilities
 TRANSIENT_FAILURES = frozenset({"grasp_slipped", "grasp_failed", "timeout"})   # worth trying the node again
 
 
@@ -236,10 +242,11 @@ class TreePlanner:
         ep.plans_dropped, ep.decide_calls, ep.retries, ep.scored_decisions = 0, 0, 0, 0
         ep.backtrack = self.backtrack
         scoring = bool(getattr(llm, "supports_scoring", False))
-        if self.decide == "logprobs" and not scoring:
-            raise DecideModeError(f"--decide logprobs needs a backend that reads log-probabilities "
+        if self.decide in SCORING_MODES and not scoring:
+            raise DecideModeError(f"--decide {self.decide} needs a backend that reads log-probabilities "
                                   f"({type(llm).__name__} cannot); use --decide votes or auto")
-        ep.decide_mode = "logprobs" if self.decide == "logprobs" or (self.decide == "auto" and scoring) else "votes"
+        ep.decide_mode = (self.decide if self.decide in SCORING_MODES + ("majority",) else
+                          "logprobs" if self.decide == "auto" and scoring else "votes")
         if self.backtrack == "restore" and not getattr(executor, "can_restore", True):
             ep.backtrack = "physical"
             ep.config["privileged"] = False
@@ -334,6 +341,13 @@ class TreePlanner:
         observation = describe_subset(ep.executor.observe(), names)
         options = format_options([END_OPTION if c.is_end else c.action for c in cands])
         ep.decide_calls += 1
+        if ep.decide_mode == "majority":   # the sampled plans' own majority: no LLM call at the branch point
+            chosen = cands[0]               # valid_children(): the most plans through it first
+            ep.emit("decide", options=[c.action for c in cands], plans={i: len(c.plan_ids) for i, c in enumerate(cands)},
+                    chosen=chosen.action)
+            return chosen
+        if ep.decide_mode == "permuted":
+            return self._decide_permuted(ep, cands, error, history, observation)
         if ep.decide_mode == "logprobs":
             letters = list(string.ascii_uppercase[:len(cands)])
             scores = ep.score("tree_decide", letters, tag="tree_decide", task=ep.executor.instruction,
@@ -360,6 +374,30 @@ class TreePlanner:
             idx = 0
         ep.emit("decide", options=[c.action for c in cands], votes={int(k): int(v) for k, v in votes.items()},
                 chosen=cands[idx].action)
+        return cands[idx]
+
+    def _decide_permuted(self, ep: Episode, cands: list, error: str, history: list,
+                         observation: str) -> Optional[TreeNode]:
+        """Letter scores averaged over the k cyclic orders of the k options, so no option gains from its
+        letter or position (a small model's first-letter bias; the cyclic-permutation debiasing of Zheng et
+        al., ICLR 2024): k forward passes on prompts that share their prefix up to the options."""
+        k = len(cands)
+        letters = list(string.ascii_uppercase[:k])
+        total = [0.0] * k
+        for shift in range(k):
+            order = [(i + shift) % k for i in range(k)]   # order[j]: the candidate shown as letter j
+            options = format_options([END_OPTION if cands[i].is_end else cands[i].action for i in order])
+            scores = ep.score("tree_decide", letters, tag="tree_decide", task=ep.executor.instruction,
+                              observation=observation, history=format_history(history), options=options,
+                              error=error)
+            if scores is None:
+                return None
+            for j, i in enumerate(order):
+                total[i] += scores[letters[j]] / k
+        ep.scored_decisions += 1
+        idx = max(range(k), key=lambda i: total[i])
+        ep.emit("decide", options=[c.action for c in cands], logprobs={i: round(total[i], 4) for i in range(k)},
+                permutations=k, chosen=cands[idx].action)
         return cands[idx]
 
     def _extra(self, ep: Episode, tree: Optional[ActionTree]) -> dict:

@@ -107,6 +107,62 @@ def test_tree_asks_only_where_the_tree_branches(stack_env):
     assert rec2.success and rec2.llm_calls == 1 and rec2.extra["decide_calls"] == 0
 
 
+class BiasedScorer(ScriptedLLM):
+    """A scoring client with a first-letter bias: letter A gets +3, and the option line naming `good` +1."""
+    supports_scoring = True
+
+    def __init__(self, replies, good: str):
+        super().__init__(replies)
+        self.good, self.score_calls = good, 0
+
+    def _score(self, messages, options, tag):
+        self.score_calls += 1
+        lines = dict(re.findall(r"^([A-Z])\. (.+)$", user_text(messages), re.M))
+        lp = {o: -5.0 + (3.0 if o == "A" else 0.0) + (1.0 if self.good in lines.get(o, "") else 0.0) for o in options}
+        return LLMResponse(texts=[max(lp, key=lp.get)], prompt_tokens=10, completion_tokens=0, model=self.model,
+                           logprobs=lp)
+
+
+@pytest.mark.parametrize("decide, picks_good, score_calls, decide_requests", [
+    ("logprobs", False, 1, 0),    # one pass: the letter bias wins (the popular child is shown as A)
+    ("permuted", True, 2, 0),     # both cyclic orders of 2 options: the bias cancels, the content decides
+    ("majority", False, 0, 0),    # no call: the child 2 of the 3 sampled plans go through
+    ("votes", True, 0, 1),        # k votes (scripted 'B')
+])
+def test_decide_modes_at_a_branch_point(stack_env, decide, picks_good, score_calls, decide_requests):
+    a, b, d = scene(stack_env)
+    plans = [f"pick({d})\nplace({d}, {b})\n[END]"] * 2 + [f"pick({a})\nplace({a}, {b})\n[END]"]
+    llm = BiasedScorer({"tree_sample": plans, "tree_decide": "B"}, good=f"pick({a})")
+    events = []
+    rec = TreePlanner(n_samples=3, n_votes=3, decide=decide).run(EnvSkillExecutor(stack_env), llm, trace=events.append)
+    assert rec.extra["decide_mode"] == decide and rec.extra["decide_calls"] == 1
+    assert rec.steps[0].call == (f"pick({a})" if picks_good else f"pick({d})")
+    assert rec.success == picks_good   # the goal is a on b
+    assert llm.score_calls == score_calls
+    assert sum(tag == "tree_decide" for tag, _ in llm.requests) == decide_requests
+    assert rec.extra["scored_decisions"] == (1 if score_calls else 0)
+    decided = next(e for e in events if e["event"] == "decide")
+    if decide == "majority":
+        assert decided["plans"] == {0: 2, 1: 1}
+    if decide == "permuted":
+        assert decided["permutations"] == 2
+
+
+def test_plan_trace_prints_every_kind_of_decision():
+    from taskweave.commands.plan import format_event
+    base = {"event": "decide", "options": ["pick(a)", "[END]"], "chosen": "[END]"}
+    assert "votes {0: 3, 1: 2}" in format_event({**base, "votes": {0: 3, 1: 2}})
+    assert "log-probabilities {0: -1.2, 1: -0.4}" in format_event({**base, "logprobs": {0: -1.2, 1: -0.4}})
+    assert "over 2 orders" in format_event({**base, "logprobs": {0: -1.2, 1: -0.4}, "permutations": 2})
+    assert "plans through each {0: 4, 1: 1}" in format_event({**base, "plans": {0: 4, 1: 1}})
+
+
+def test_scoring_decide_modes_need_a_scoring_backend(stack_env):
+    for mode in ("logprobs", "permuted"):
+        with pytest.raises(UserError, match=f"--decide {mode} needs a backend"):
+            TreePlanner(n_samples=2, decide=mode).run(EnvSkillExecutor(stack_env), ScriptedLLM({}))
+
+
 # ---------------------------------------------------------------- backtracking
 
 class RecordingExecutor(EnvSkillExecutor):

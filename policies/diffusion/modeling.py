@@ -1,4 +1,7 @@
-"""Multitask diffusion policy: a FiLM-conditioned 1-D U-Net over action chunks (Chi et al.), and a done head."""
+"""Multitask diffusion policy: a FiLM-conditioned 1-D U-Net over action chunks (Chi et al.), and a done head.
+
+(~410 lines: the U-Net, the policy's conditioning, its three training losses and its samplers share one config.)
+"""
 from __future__ import annotations
 
 import math

@@ -14,6 +14,7 @@ from taskweave.commands.common import (add_llm_arguments, check_output_file, epi
 from taskweave.planning.episode import EpisodeRecord, run_episode
 from taskweave.planning.llm.constraints import CONSTRAIN_MODES
 from taskweave.planning.registry import PLANNERS
+from taskweave.planning.tree_planner import DECIDE_MODES
 from taskweave.sim.errors import UserError
 from taskweave.sim.fileio import atomic_write_text
 
@@ -54,9 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backtrack", default=None, choices=("physical", "restore"),
                         help="tree: physical (default; no simulator undo, the next choice is grounded on the real "
                              "state) or restore (privileged simulator undo, counted in the record)")
-    parser.add_argument("--decide", default=None, choices=("votes", "logprobs", "auto"),
+    parser.add_argument("--decide", default=None, choices=DECIDE_MODES,
                         help="tree: decide branch points by k sampled votes (default), by the option letters' "
-                             "log-probabilities in one forward pass (llama backend), or auto")
+                             "log-probabilities in one forward pass (llama backend), auto, or permuted (the letter "
+                             "scores averaged over every cyclic order of the options: k passes, no letter bias), or "
+                             "majority (no call: the child most sampled plans go through)")
     parser.add_argument("--max-steps", type=positive_int, default=None, help="skill budget (default 40)")
 
 
@@ -96,7 +99,10 @@ def format_event(ev: dict) -> Optional[str]:
     if kind == "llm":
         return f"       llm {ev['tag']} x{ev['n']} ({ev['tokens']} tokens)"
     if kind == "decide":
-        return f"       decided {ev['chosen']} among {len(ev['options'])} options, votes {ev['votes']}"
+        how = (f"votes {ev['votes']}" if "votes" in ev else f"plans through each {ev['plans']}" if "plans" in ev else
+               f"log-probabilities {ev.get('logprobs')}" + (f" over {ev['permutations']} orders"
+                                                            if ev.get("permutations") else ""))
+        return f"       decided {ev['chosen']} among {len(ev['options'])} options, {how}"
     if kind == "subgoal":
         return f"       subgoal: {ev['subgoal']} -> {', '.join(ev['actions'])}"
     if kind == "critic":
