@@ -1,6 +1,6 @@
 """Diffusion-policy speed: latency per action chunk (DDIM-10 and DDPM-100, batch 1 and 64) and training samples/s.
 
-    python benchmarks/policy_speed.py [--device auto|cpu|cuda[:N]] [--json] [--config FILE] [--obs-mode state|rgb]
+    python benchmarks/policy_speed.py [--device auto|cpu|cuda[:N]] [--json] [--config FILE] [--obs-mode state|rgb|robot]
                                       [--onnx auto|on|off]
 
 Without --config the model is the default state config on CUDA and a smaller one (down_dims
@@ -74,6 +74,16 @@ def p90(xs: list[float]) -> float:
 
 def make_batch(cfg: DiffusionConfig, b: int, device: torch.device, with_action: bool = False) -> dict:
     """A random batch shaped like the dataset's."""
+    if cfg.obs_mode == "robot":   # what a robot senses: camera frames and proprio, the skill sentence
+        batch = {f"rgb:{c}": torch.randint(0, 256, (b, cfg.obs_horizon, *cfg.image_shape), dtype=torch.uint8,
+                                           device=device) for c in cfg.cameras}
+        batch["proprio"] = torch.rand(b, cfg.obs_horizon, cfg.proprio_dim, device=device)
+        batch["skill_id"] = torch.randint(0, cfg.num_skills, (b,), device=device)
+        if with_action:
+            batch["action"] = torch.rand(b, cfg.pred_horizon, cfg.action_dim, device=device) * 2 - 1
+            batch["done"] = (torch.rand(b, cfg.pred_horizon, device=device) > 0.9).float()
+            batch["aux_target"] = torch.rand(b, 6, device=device) * 0.2 - 0.1
+        return batch
     batch = {"state": torch.rand(b, cfg.obs_horizon, cfg.state_dim, device=device),
              "skill_id": torch.randint(0, cfg.num_skills, (b,), device=device),
              "task_id": torch.randint(0, cfg.num_tasks, (b,), device=device)}
@@ -168,7 +178,7 @@ def main(argv=None) -> int:
     ap.add_argument("--preset", default="auto", choices=("auto", "full", "small"),
                     help="model size without --config: full = DiffusionConfig defaults (down_dims 256/512/1024), "
                          "small = down_dims 64/128/256; auto = full on CUDA, small on CPU")
-    ap.add_argument("--obs-mode", choices=("state", "rgb"), help="override the config's obs_mode")
+    ap.add_argument("--obs-mode", choices=("state", "rgb", "robot"), help="override the config's obs_mode")
     ap.add_argument("--state-dim", type=int, default=32, help="state vector size (robot 7 + skill features)")
     ap.add_argument("--batch-sizes", default="1,64")
     ap.add_argument("--repeats", type=int, help="timed calls per cell (default 10 on CUDA, 3 on CPU)")
@@ -202,6 +212,9 @@ def main(argv=None) -> int:
     mode = args.obs_mode or cfg.obs_mode
     if mode == "rgb":
         changes.update(obs_mode="rgb", image_shape=cfg.image_shape or (96, 96, 3))
+    if mode == "robot":   # the robot-input policy: frames of the collect default size, 17-d proprio
+        changes.update(obs_mode="robot", image_shape=cfg.image_shape or (64, 64, 3), proprio_dim=17,
+                       text_embed_dim=cfg.text_embed_dim)
     cfg = cfg.replace(**changes)
     torch.manual_seed(0)
     policy = DiffusionPolicy(cfg).to(dev)
@@ -211,7 +224,8 @@ def main(argv=None) -> int:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
 
     lat = bench_latency(policy, batch_sizes, samplers, dev, repeats, args.budget_s, amp)
-    use_onnx = args.onnx == "on" or (args.onnx == "auto" and not cuda and _onnx_available())
+    use_onnx = cfg.obs_mode != "robot" and (args.onnx == "on" or (args.onnx == "auto" and not cuda
+                                                                  and _onnx_available()))
     ort_rows = (bench_onnxruntime(policy, batch_sizes, cfg.num_inference_steps, repeats, args.budget_s,
                                   torch.get_num_threads()) if use_onnx else [])
     policy.to(dev)

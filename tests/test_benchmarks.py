@@ -48,3 +48,25 @@ def test_sim_speed_cli_prints_ratio(capsys):
     assert bench.main(["--ticks", "5", "--repeats", "1", "--backends", "mujoco"]) == 0
     out = capsys.readouterr().out
     assert "env cost / raw" in out and "CPU" in out
+
+
+def test_policy_speed_times_the_robot_input_policy(tmp_path, capsys):
+    import json
+
+    from taskweave.policies.diffusion.configuration import robot_config
+
+    spec = importlib.util.spec_from_file_location("policy_speed", os.path.join(ROOT, "benchmarks", "policy_speed.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cfg = str(tmp_path / "robot.json")
+    robot_config(image_shape=(40, 40, 3), crop_size=36, vision_width=8, vision_stages=2, vision_film=True,
+                 aux_loss_weight=1.0, num_keypoints=4, rgb_feature_dim=8, down_dims=(16, 32),
+                 diffusion_step_embed_dim=16, skill_cond_dim=8, done_hidden_dim=16, pred_horizon=8, action_horizon=4,
+                 num_train_timesteps=20, num_inference_steps=4).save(cfg)
+    args = ["--config", cfg, "--batch-sizes", "1", "--repeats", "1", "--train-batch", "2", "--train-steps", "1",
+            "--threads", "1", "--json"]
+    assert bench.main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["obs_mode"] == "robot" and report["onnxruntime_latency"] == []
+    assert {r["sampler"] for r in report["latency"]} == {"DDIM-4", "DDPM-20"}
+    assert report["training"]["samples_per_s"] > 0
