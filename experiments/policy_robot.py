@@ -25,18 +25,20 @@ from taskweave.envs.metrics import rate_cell
 from taskweave.policies.collect import SPLIT_SEED_BASE
 from taskweave.sim.fileio import atomic_write_json, atomic_write_text
 
-TASKS = ["BlockInBowl", "StackOnBlock"]   # two bowls + two blocks; three blocks: the text names the right one
-CONFIG = "experiments/configs/policy_robot_cpu_quick.json"
+TASKS = ["BlockInBowl", "PlaceInZone", "StackOnBlock"]   # --tasks; multi-block scenes: the text names the block
+CONFIG = "experiments/configs/policy_robot_cpu.json"   # --config
 ABLATIONS = ("none", "constant", "shuffled")
+DATA = "robot64"   # --data: the dataset folder under --work
 IMAGE_SIZE = 64
 PROBE_TICKS = 30   # control ticks of the reach probe (the oracle's pick is over the block by then)
 
 
 def paths(work: str) -> dict:
-    """Where each stage's output lives under --work."""
+    """Where each stage's output lives under --work (the run and its evaluations are named by the config)."""
     steps_ = json.load(open(CONFIG))["steps"]
-    return {"data": os.path.join(work, "robot64"), "run": os.path.join(work, f"run_cpu_{steps_}"),
-            "eval": {a: os.path.join(work, "eval", f"text_{a}") for a in ABLATIONS}}
+    name = f"{os.path.splitext(os.path.basename(CONFIG))[0]}_{steps_}"
+    return {"data": os.path.join(work, DATA), "run": os.path.join(work, f"run_{name}"),
+            "eval": {a: os.path.join(work, f"eval_{name}", f"text_{a}") for a in ABLATIONS}}
 
 
 def steps(work: str, episodes: int, eval_episodes: int, backend: str) -> list:
@@ -122,8 +124,10 @@ def report(work: str, plan: list, note: str) -> str:
     val = [json.loads(x) for x in open(os.path.join(p["run"], "val_metrics.jsonl"))]
     wall = metrics[-1]["time"] - metrics[0]["time"]
     base = res["none"]
+    cfg_ = json.load(open(CONFIG))
     lines = ["# Robot-input policy: RGB + proprio + sentence, and the text ablation", "",
-             f"Generated {datetime.date.today().isoformat()} by `python experiments/policy_robot.py --work {work}`.",
+             f"Generated {datetime.date.today().isoformat()} by `python experiments/policy_robot.py --work {work} "
+             f"--config {CONFIG} --tasks {','.join(TASKS)} --data {DATA}`.",
              "", "## What goes in", "",
              f"`policy_inputs` = `{base['policy_inputs']}`, `privileged` = **{str(base['privileged']).lower()}**: "
              "the policy sees the front and wrist camera frames "
@@ -144,12 +148,19 @@ def report(work: str, plan: list, note: str) -> str:
              f"{json.load(open(CONFIG))['down_dims']}, batch {json.load(open(CONFIG))['batch_size']}), "
              f"{metrics[-1]['step']} steps in {wall / 60:.0f} min of wall time on the shared 2-core CPU "
              f"({sum(m['samples_per_s'] for m in metrics) / len(metrics):.0f} samples/s on average).", "",
-             "| step | val loss | val diffusion | val done (BCE) | val action MSE (normalised) |", "|---|---|---|---|---|"]
+             "| step | val loss | val diffusion | val done (BCE) | val aux (dm^2) | val action MSE (normalised) |",
+             "|---|---|---|---|---|---|"]
     for v in val:
         lines.append(f"| {v['step']} | {v['val_loss']:.3f} | {v['val_diffusion']:.3f} | {v.get('val_done', float('nan')):.3f} | "
-                     f"{v['val_action_mse']:.3f} |")
+                     f"{v.get('val_aux', float('nan')):.3f} | {v['val_action_mse']:.3f} |")
     lines += ["", f"Final training loss {metrics[-1]['loss']:.3f} (diffusion {metrics[-1]['diffusion']:.3f}, done "
-              f"{metrics[-1]['done']:.3f}).", "", "## Text ablation (test seeds, the same seeds in every column)", "",
+              f"{metrics[-1]['done']:.3f}" + (f", aux {metrics[-1]['aux']:.3f}" if "aux" in metrics[-1] else "") + ").",
+              "", f"Vision: {cfg_['vision_stages'] if 'vision_stages' in cfg_ else 4} ResNet-18-GN stage(s), "
+              f"text FiLM in the vision trunk: {'yes' if cfg_.get('vision_film') else 'no'}; training labels "
+              f"`{base.get('training_labels', ['action', 'done'])}`"
+              + (" (the `aux:*` labels are simulator offsets, named object - TCP and target - TCP, that an auxiliary "
+                 f"head regresses from the policy's condition in training only, weight {cfg_['aux_loss_weight']}; "
+                 "nothing privileged goes in at evaluation)" if cfg_.get("aux_loss_weight") else "") + ".", "", "## Text ablation (test seeds, the same seeds in every column)", "",
               "`none`: the sentence as trained; `constant`: one text (\"do the task\") for every skill; `shuffled`: "
               "each object in the sentence replaced by another of the scene's objects of its kind (another block, "
               "another bowl), so the sentence is well formed but names the wrong object.", "",
@@ -202,6 +213,7 @@ def report(work: str, plan: list, note: str) -> str:
 
 def main(argv=None) -> int:
     """Run the missing steps, then write the report."""
+    global CONFIG, TASKS, DATA
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", required=True)
     ap.add_argument("--episodes", type=int, default=150, help="train episodes per task")
@@ -210,7 +222,11 @@ def main(argv=None) -> int:
     ap.add_argument("--report", action="store_true", help="only rebuild the report")
     ap.add_argument("--note", default="", help="the reading paragraph of the report (what the numbers say)")
     ap.add_argument("--out", default="docs/results/policy_robot.md")
+    ap.add_argument("--config", default=CONFIG, help="training config (names the run and its evaluations)")
+    ap.add_argument("--tasks", default=",".join(TASKS), help="tasks to collect, train on and evaluate")
+    ap.add_argument("--data", default="robot64", help="dataset folder under --work")
     args = ap.parse_args(argv)
+    CONFIG, TASKS, DATA = args.config, [t for t in args.tasks.split(",") if t], args.data
     plan = steps(args.work, args.episodes, args.eval_episodes, args.backend)
     if not args.report:
         env = dict(os.environ, OMP_NUM_THREADS="1")
