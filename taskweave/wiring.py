@@ -7,14 +7,21 @@ DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspat
                                   "assets", "policy_small.pt")
 
 
-def shipped_checkpoint() -> str:
-    """Path of the small state policy shipped with the package ('' when absent)."""
+SHIPPED = {"state": "policy_small.pt",        # the privileged state policy (object poses in its input)
+           "rgb": "policy_robot_rgb.pt"}      # the robot-input policy: front + wrist RGB, proprio, sentence
+
+
+def shipped_checkpoint(kind: str = "state") -> str:
+    """Path of a policy shipped with the package, 'state' or 'rgb' ('' when absent)."""
     from importlib import resources
+    if kind not in SHIPPED:
+        raise ValueError(f"no shipped policy of kind {kind!r} (choose one of: {', '.join(SHIPPED)})")
+    local = os.path.join(os.path.dirname(DEFAULT_CHECKPOINT), SHIPPED[kind])
     try:
-        p = resources.files("taskweave.policies").joinpath("assets/policy_small.pt")
+        p = resources.files("taskweave.policies").joinpath(f"assets/{SHIPPED[kind]}")
         return str(p) if p.is_file() else ""
     except (ModuleNotFoundError, FileNotFoundError):
-        return DEFAULT_CHECKPOINT if os.path.isfile(DEFAULT_CHECKPOINT) else ""
+        return local if os.path.isfile(local) else ""
 
 
 def policy_executor(env, checkpoint: str, device: str = "auto", max_ticks: int = 150):

@@ -45,3 +45,17 @@ def test_console_script_is_installed():
     r = subprocess.run([sys.executable, "-m", "taskweave.cli", "tasks"], capture_output=True, text=True,
                        timeout=120, env={**os.environ, "MUJOCO_GL": "egl"})
     assert r.returncode == 0 and "TowerOfHanoi" in r.stdout
+
+
+def test_demo_decides_by_majority_by_default_and_names_a_missing_rgb_policy(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "demo"
+    assert main(["demo", "--llm", "offline", "--scripted", "--out", str(out)]) == 0
+    trace = json.load(open(out / "trace.json"))
+    assert trace["episode"]["success"] and trace["episode"]["extra"]["decide_mode"] == "majority"
+    assert "--decide majority" in capsys.readouterr().out
+    assert main(["demo", "--llm", "offline", "--scripted", "--decide", "votes", "--out", str(tmp_path / "v")]) == 0
+    assert json.load(open(tmp_path / "v" / "trace.json"))["episode"]["extra"]["decide_mode"] == "votes"
+    import taskweave.wiring as wiring
+    monkeypatch.setattr(wiring, "SHIPPED", {**wiring.SHIPPED, "rgb": "no_such_policy.pt"})
+    assert main(["demo", "--llm", "offline", "--policy", "rgb", "--out", str(tmp_path / "r")]) == 2
+    assert "no shipped rgb policy" in capsys.readouterr().err

@@ -26,7 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="mujoco", choices=BACKENDS)
     p.add_argument("--seed", type=seed_int, default=20_000_000, help="default: the first held-out test seed")
     p.add_argument("--planner", default="tree", choices=("tree", "clea", "iterative", "openloop"))
-    p.add_argument("--checkpoint", default=None, help="policy checkpoint (default: the shipped small policy)")
+    p.add_argument("--checkpoint", default=None, help="policy checkpoint (default: the shipped policy of --policy)")
+    p.add_argument("--policy", default="state", choices=("state", "rgb"),
+                   help="which shipped policy runs the skills: state (default; privileged: reads object poses) or "
+                        "rgb (front + wrist camera, proprio and the skill sentence; no simulator ground truth)")
     p.add_argument("--scripted", action="store_true", help="use the scripted skills even if a policy is present")
     p.add_argument("--instruction", type=nonblank_text, default=None, help="override the task's instruction")
     add_llm_arguments(p, DEFAULT_LLM, f"{LLM_HELP} (default: {DEFAULT_LLM}, embedded, no network)")
@@ -48,7 +51,11 @@ def run(args) -> int:
     from taskweave.sim.video import write_video
     from taskweave.wiring import policy_executor, shipped_checkpoint
 
-    ckpt = "" if args.scripted else (args.checkpoint or shipped_checkpoint())
+    ckpt = "" if args.scripted else (args.checkpoint or shipped_checkpoint(args.policy))
+    if not args.scripted and not args.checkpoint and not ckpt:
+        if args.policy != "state":
+            raise UserError(f"no shipped {args.policy} policy in this install; pass --checkpoint or --scripted")
+        print("taskweave demo: no shipped state policy in this install: running the scripted skills", flush=True)
     if args.checkpoint and not os.path.exists(args.checkpoint):
         raise UserError(f"checkpoint not found: {args.checkpoint}")
     llm_options = llm_kwargs(args)
