@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import zipfile
 
 import numpy as np
@@ -375,3 +376,42 @@ def test_shipped_state_checkpoint_still_loads_and_reaches_for_the_block():
         assert np.linalg.norm(env.backend.ee_pose()[0][:2] - target[:2]) < np.linalg.norm(tcp[:2] - target[:2])
     finally:
         env.close()
+
+
+def test_shipped_rgb_checkpoint_is_robot_input_and_reaches_a_block():
+    from taskweave.policies.controllers import policy_observation
+    from taskweave.policies.runner import PolicyRunner
+    from taskweave.wiring import shipped_checkpoint
+
+    path = shipped_checkpoint("rgb")
+    assert path and os.path.getsize(path) < 20e6
+    ckpt = load_checkpoint(path)
+    assert ckpt["policy_inputs"] == ["rgb:front", "rgb:wrist", "proprio", "text"] and ckpt["privileged"] is False
+    assert ckpt["config"].vision_film and ckpt["config"].done_head and ckpt["text_encoder"]["spec"] == "minilm"
+    torch.set_num_threads(1)
+    runner = PolicyRunner.from_checkpoint(path, num_envs=2, device="cpu", seed=0)
+    cfg = runner.config
+    envs = [make_env("BlockInBowl", "mujoco", obs_mode="robot", image_size=int(cfg.image_shape[0]),
+                     cameras=cfg.cameras) for _ in range(2)]
+    try:
+        for env in envs:
+            env.reset(seed=20_000_001)   # a test seed; the two envs differ only in which block the sentence names
+        blocks = [n for n, o in envs[0].symbolic_state().objects.items() if o.shape != "container"]
+        calls = [SkillCall("pick", (b,)) for b in blocks[:2]]
+        texts = [envs[0].skill_sentence(c) for c in calls]
+        start = envs[0].backend.ee_pose()[0]
+        first = None
+        for _ in range(12):   # the approach: over a second of control, before any grasp
+            obs = [policy_observation(runner, e, c) for e, c in zip(envs, calls)]
+            acts, _ = runner.act_done({k: np.stack([o[k] for o in obs]) for k in obs[0]}, texts)
+            first = acts if first is None else first
+            for e, a in zip(envs, acts):
+                e.apply_action(a)
+        assert not np.allclose(first[0], first[1], atol=1e-3), "the sentence must change the actions"
+        for env in envs:   # only frames, proprio and text went in; it still finds a block from the cameras
+            tcp = env.backend.ee_pose()[0]
+            near = min(float(np.linalg.norm(env.symbolic_state().objects[b].pos[:2] - tcp[:2])) for b in blocks)
+            assert near < 0.06 and tcp[2] < start[2] - 0.1, (near, tcp, start)
+    finally:
+        for env in envs:
+            env.close()
