@@ -184,7 +184,7 @@ def report(work: str, plan: list, note: str) -> str:
                 wins += first_skill(e0) and not first_skill(e1)
                 losses += first_skill(e1) and not first_skill(e0)
         lines.append(f"| {a} | {wins} | {losses} | {sign_test(wins, losses):.3g} |")
-    probe_path = os.path.join(work, "eval", "reach_probe.json")
+    probe_path = os.path.normpath(os.path.join(p["eval"]["none"], "..", "reach_probe.json"))
     if os.path.exists(probe_path):
         probe = json.load(open(probe_path))
         n_seeds = len(next(iter(probe.values())))
