@@ -336,30 +336,19 @@ class TreePlanner:
 
     def _decide(self, ep: Episode, cands: list, error: str, history: list) -> Optional[TreeNode]:
         """Majority of k votes over the lettered candidates (the most popular candidate if no vote is
-        readable), or, deciding by logprobs, the letter the model finds most likely as its reply."""
-        names = [a for c in cands if c.call is not None for a in c.call.objects()]
-        observation = describe_subset(ep.executor.observe(), names)
-        options = format_options([END_OPTION if c.is_end else c.action for c in cands])
+        readable); by the option letters' scores (logprobs, permuted); or the sampled plans' majority."""
         ep.decide_calls += 1
-        if ep.decide_mode == "majority":   # the sampled plans' own majority: no LLM call at the branch point
+        if ep.decide_mode == "majority":   # the sampled plans' own majority: no LLM call, no observation needed
             chosen = cands[0]               # valid_children(): the most plans through it first
             ep.emit("decide", options=[c.action for c in cands], plans={i: len(c.plan_ids) for i, c in enumerate(cands)},
                     chosen=chosen.action)
             return chosen
-        if ep.decide_mode == "permuted":
-            return self._decide_permuted(ep, cands, error, history, observation)
-        if ep.decide_mode == "logprobs":
-            letters = list(string.ascii_uppercase[:len(cands)])
-            scores = ep.score("tree_decide", letters, tag="tree_decide", task=ep.executor.instruction,
-                              observation=observation, history=format_history(history), options=options, error=error)
-            if scores is None:
-                return None
-            ep.scored_decisions += 1
-            idx = max(range(len(cands)), key=lambda i: scores[letters[i]])
-            ep.emit("decide", options=[c.action for c in cands], logprobs={i: round(scores[letters[i]], 4)
-                                                                           for i in range(len(cands))},
-                    chosen=cands[idx].action)
-            return cands[idx]
+        names = [a for c in cands if c.call is not None for a in c.call.objects()]
+        observation = describe_subset(ep.executor.observe(), names)
+        if ep.decide_mode in SCORING_MODES:
+            orders = len(cands) if ep.decide_mode == "permuted" else 1
+            return self._decide_by_scores(ep, cands, error, history, observation, orders)
+        options = format_options([END_OPTION if c.is_end else c.action for c in cands])
         texts = ep.ask("tree_decide", tag="tree_decide", n=self.n_votes, temperature=self.vote_temperature,
                        max_tokens=8, constraint=ep.constraint("option", n_options=len(cands)),
                        task=ep.executor.instruction, observation=observation, history=format_history(history),
@@ -376,15 +365,16 @@ class TreePlanner:
                 chosen=cands[idx].action)
         return cands[idx]
 
-    def _decide_permuted(self, ep: Episode, cands: list, error: str, history: list,
-                         observation: str) -> Optional[TreeNode]:
-        """Letter scores averaged over the k cyclic orders of the k options, so no option gains from its
-        letter or position (a small model's first-letter bias; the cyclic-permutation debiasing of Zheng et
-        al., ICLR 2024): k forward passes on prompts that share their prefix up to the options."""
+    def _decide_by_scores(self, ep: Episode, cands: list, error: str, history: list, observation: str,
+                          orders: int) -> Optional[TreeNode]:
+        """The candidate whose option letter the model finds most likely as its reply: one forward pass
+        ("logprobs", orders=1), or the letter scores averaged over `orders` = k cyclic orders of the k options,
+        so no option gains from its letter or position ("permuted": a small model's first-letter bias; the
+        cyclic-permutation debiasing of Zheng et al., ICLR 2024; k passes sharing their prefix up to the options)."""
         k = len(cands)
         letters = list(string.ascii_uppercase[:k])
         total = [0.0] * k
-        for shift in range(k):
+        for shift in range(orders):
             order = [(i + shift) % k for i in range(k)]   # order[j]: the candidate shown as letter j
             options = format_options([END_OPTION if cands[i].is_end else cands[i].action for i in order])
             scores = ep.score("tree_decide", letters, tag="tree_decide", task=ep.executor.instruction,
@@ -393,11 +383,11 @@ class TreePlanner:
             if scores is None:
                 return None
             for j, i in enumerate(order):
-                total[i] += scores[letters[j]] / k
+                total[i] += scores[letters[j]] / orders
         ep.scored_decisions += 1
         idx = max(range(k), key=lambda i: total[i])
         ep.emit("decide", options=[c.action for c in cands], logprobs={i: round(total[i], 4) for i in range(k)},
-                permutations=k, chosen=cands[idx].action)
+                **({"permutations": orders} if orders > 1 else {}), chosen=cands[idx].action)
         return cands[idx]
 
     def _extra(self, ep: Episode, tree: Optional[ActionTree]) -> dict:

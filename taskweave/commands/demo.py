@@ -38,8 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decide", default="majority", choices=DECIDE_MODES,
                    help="tree: how branch points are decided (default majority: the child most sampled plans go "
                         "through; with SmolLM2-135M it matched k votes on the 8-task benchmark at half the tokens, "
-                        "and its k votes follow a letter bias: see docs/results/planning_smollm2-135m.md); votes is "
-                        "the paper's")
+                        "and its k votes carry little about the options: see the README and "
+                        "docs/results/planning_smollm2-135m_majority.md); votes is the paper's")
     p.add_argument("--out", default="out/demo", help="folder for demo.mp4 and trace.json")
 
 
