@@ -24,9 +24,10 @@ import time
 
 import torch
 
+from taskweave.envs.observation import PROPRIO_DIM
 from taskweave.policies.device import select_device
 from taskweave.policies.diffusion.configuration import DiffusionConfig
-from taskweave.policies.diffusion.modeling import DiffusionPolicy
+from taskweave.policies.diffusion.modeling import AUX_DIM, DiffusionPolicy
 from taskweave.policies.train import EMA
 from taskweave.sim.errors import UserError
 
@@ -82,7 +83,7 @@ def make_batch(cfg: DiffusionConfig, b: int, device: torch.device, with_action: 
         if with_action:
             batch["action"] = torch.rand(b, cfg.pred_horizon, cfg.action_dim, device=device) * 2 - 1
             batch["done"] = (torch.rand(b, cfg.pred_horizon, device=device) > 0.9).float()
-            batch["aux_target"] = torch.rand(b, 6, device=device) * 0.2 - 0.1
+            batch["aux_target"] = torch.rand(b, AUX_DIM, device=device) * 0.2 - 0.1
         return batch
     batch = {"state": torch.rand(b, cfg.obs_horizon, cfg.state_dim, device=device),
              "skill_id": torch.randint(0, cfg.num_skills, (b,), device=device),
@@ -213,8 +214,7 @@ def main(argv=None) -> int:
     if mode == "rgb":
         changes.update(obs_mode="rgb", image_shape=cfg.image_shape or (96, 96, 3))
     if mode == "robot":   # the robot-input policy: frames of the collect default size, 17-d proprio
-        changes.update(obs_mode="robot", image_shape=cfg.image_shape or (64, 64, 3), proprio_dim=17,
-                       text_embed_dim=cfg.text_embed_dim)
+        changes.update(obs_mode="robot", image_shape=cfg.image_shape or (64, 64, 3), proprio_dim=PROPRIO_DIM)
     cfg = cfg.replace(**changes)
     torch.manual_seed(0)
     policy = DiffusionPolicy(cfg).to(dev)

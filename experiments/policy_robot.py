@@ -131,7 +131,7 @@ def report(work: str, plan: list, note: str) -> str:
              "", "## What goes in", "",
              f"`policy_inputs` = `{base['policy_inputs']}`, `privileged` = **{str(base['privileged']).lower()}**: "
              "the policy sees the front and wrist camera frames "
-             f"({IMAGE_SIZE}x{IMAGE_SIZE}, random {json.load(open(CONFIG))['crop_size']}-px crops in training, the "
+             f"({IMAGE_SIZE}x{IMAGE_SIZE}, random {cfg_['crop_size']}-px crops in training, the "
              "centre crop in evaluation), 17-d proprioception (joint angles, TCP position and 6-D rotation, finger "
              "width) and the skill as a sentence embedded by all-MiniLM-L6-v2 (\"pick the blue block\", "
              "\"place the blue block in the orange bowl\"). No object or target pose, no skill one-hot, no task id. "
@@ -144,8 +144,8 @@ def report(work: str, plan: list, note: str) -> str:
              "", "## Data and training", "",
              f"{meta['num_episodes']} oracle episodes ({meta['num_steps']} control ticks) of {', '.join(TASKS)} "
              f"({meta['backend']}), train and val splits; {len(meta['skills'])} distinct skill sentences. "
-             f"Config `{CONFIG}` (ResNet-18-GN width {json.load(open(CONFIG))['vision_width']} per camera, U-Net "
-             f"{json.load(open(CONFIG))['down_dims']}, batch {json.load(open(CONFIG))['batch_size']}), "
+             f"Config `{CONFIG}` (ResNet-18-GN width {cfg_['vision_width']} per camera, U-Net "
+             f"{cfg_['down_dims']}, batch {cfg_['batch_size']}), "
              f"{metrics[-1]['step']} steps in {wall / 60:.0f} min of wall time on the shared 2-core CPU "
              f"({sum(m['samples_per_s'] for m in metrics) / len(metrics):.0f} samples/s on average).", "",
              "| step | val loss | val diffusion | val done (BCE) | val aux (dm^2) | val action MSE (normalised) |",
@@ -155,7 +155,7 @@ def report(work: str, plan: list, note: str) -> str:
                      f"{v.get('val_aux', float('nan')):.3f} | {v['val_action_mse']:.3f} |")
     lines += ["", f"Final training loss {metrics[-1]['loss']:.3f} (diffusion {metrics[-1]['diffusion']:.3f}, done "
               f"{metrics[-1]['done']:.3f}" + (f", aux {metrics[-1]['aux']:.3f}" if "aux" in metrics[-1] else "") + ").",
-              "", f"Vision: {cfg_['vision_stages'] if 'vision_stages' in cfg_ else 4} ResNet-18-GN stage(s), "
+              "", f"Vision: {cfg_.get('vision_stages', 4)} ResNet-18-GN stage(s), "
               f"text FiLM in the vision trunk: {'yes' if cfg_.get('vision_film') else 'no'}; training labels "
               f"`{base.get('training_labels', ['action', 'done'])}`"
               + (" (the `aux:*` labels are simulator offsets, named object - TCP and target - TCP, that an auxiliary "

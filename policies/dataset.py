@@ -35,7 +35,6 @@ from .integrity import DatasetError
 FORMAT_VERSION = 2   # 2: per-chunk checksums; 1 (none) is still read, unchecked
 SPLITS = ("train", "val", "test")
 _ARRAYS = ("state", "action", "skill_id", "task_id")
-AUX_TARGET_DIM = 6   # the privileged state ends with object - TCP (3) and target - TCP (3): robot items' 'aux_target'
 _KEYS = tuple(f"data/{a}" for a in (*_ARRAYS, "rgb")) + ("meta/episode_ends", "meta/segment_ends")
 
 
@@ -536,12 +535,12 @@ class DemoDataset(torch.utils.data.Dataset):
         return item
 
     def _robot_item(self, i: int, idx: np.ndarray, obs_idx: np.ndarray) -> dict:
-        from .diffusion.modeling import done_targets
+        from .diffusion.modeling import AUX_DIM, done_targets
         item = {"proprio": torch.from_numpy(self.proprio[obs_idx]), "action": torch.from_numpy(self.action[idx]),
                 "skill_id": torch.tensor(self.skill_id[idx[0]]),
                 "done": torch.from_numpy(done_targets(self._win_start[i], self._win_hi[i], self.pred_horizon))}
-        if self.aux_targets:  # a training label only (the auxiliary head's): object/target - TCP offsets now
-            item["aux_target"] = torch.from_numpy(self.state[obs_idx[-1], -AUX_TARGET_DIM:].copy())
+        if self.aux_targets:  # a training label only (the auxiliary head's): the privileged state ends with
+            item["aux_target"] = torch.from_numpy(self.state[obs_idx[-1], -AUX_DIM:].copy())  # object/target - TCP
         lo, hi = int(obs_idx.min()), int(obs_idx.max())
         for c in self.cameras:
             if self.preloaded:

@@ -15,6 +15,14 @@ GRIPPER_OPEN_WIDTH = 0.08
 TCP_Z_MIN = 0.008
 
 
+def leashed_target(target_pos, tcp_pos) -> np.ndarray:
+    """target_pos pulled back to within LEASH of the measured TCP (the commanded target never runs further ahead)."""
+    target, tcp = np.asarray(target_pos, dtype=float), np.asarray(tcp_pos, dtype=float)
+    off = target - tcp
+    dist = float(np.linalg.norm(off))
+    return tcp + off * (LEASH / dist) if dist > LEASH else target
+
+
 class EEDeltaController:
     """Turns actions (dx, dy, dz, dyaw, gripper) in [-1, 1] into TCP targets and steps physics.
 
@@ -49,10 +57,7 @@ class EEDeltaController:
             raise ValueError(f"action must be {ACTION_DIM} finite numbers, got {action!r}")
         ee, _ = b.ee_pose()
         target = b.ee_target_pos + a[:3] * MAX_DPOS
-        off = target - ee
-        dist = np.linalg.norm(off)
-        if dist > LEASH:
-            target = ee + off * (LEASH / dist)
+        target = leashed_target(target, ee)
         lo = WORKSPACE_LOW.copy()
         lo[2] = TCP_Z_MIN
         target = np.clip(target, lo, WORKSPACE_HIGH)

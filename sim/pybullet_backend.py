@@ -18,6 +18,16 @@ TABLE_HALF = (0.45, 0.6, 0.02)
 TABLE_CENTER = (0.5, 0.0, -0.02)
 
 
+def joint_index(client, body: int) -> dict:
+    """Joint indices of a loaded body by joint name, and by 'link:<child link name>' (a link's index is its joint's)."""
+    names = {}
+    for j in range(client.getNumJoints(body)):
+        info = client.getJointInfo(body, j)
+        names[info[1].decode()] = j
+        names["link:" + info[12].decode()] = j
+    return names
+
+
 @contextlib.contextmanager
 def _quiet_stdout():
     """Silence the C library's stdout (PyBullet prints `argv[0]=` on every DIRECT connection).
@@ -81,11 +91,7 @@ class PybulletBackend(Backend):
                                     deterministicOverlappingPairs=1)
         self.robot = c.loadURDF(R.PANDA_URDF, [0, 0, 0], [0, 0, 0, 1], useFixedBase=True,
                                 flags=p.URDF_USE_INERTIA_FROM_FILE)
-        names = {}
-        for j in range(c.getNumJoints(self.robot)):
-            info = c.getJointInfo(self.robot, j)
-            names[info[1].decode()] = j
-            names["link:" + info[12].decode()] = j
+        names = joint_index(c, self.robot)
         self._arm_j = [names[j] for j in R.ARM_JOINTS]
         self._finger_j = [names[j] for j in R.FINGER_JOINTS]
         self._tcp_link = names["link:" + R.TCP_LINK]

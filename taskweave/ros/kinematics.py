@@ -44,16 +44,12 @@ class PandaKinematics:
         import pybullet as p
         from pybullet_utils.bullet_client import BulletClient
 
-        from taskweave.sim.pybullet_backend import _quiet_stdout
+        from taskweave.sim.pybullet_backend import _quiet_stdout, joint_index
         with _quiet_stdout():
             self._client = BulletClient(connection_mode=p.DIRECT)
         c = self._client
         self._robot = c.loadURDF(R.PANDA_URDF, [0, 0, 0], [0, 0, 0, 1], useFixedBase=True)
-        joints = {}
-        for j in range(c.getNumJoints(self._robot)):
-            info = c.getJointInfo(self._robot, j)
-            joints[info[1].decode()] = j
-            joints["link:" + info[12].decode()] = j
+        joints = joint_index(c, self._robot)
         self._arm = [joints[n] for n in R.ARM_JOINTS]
         self._tcp = joints["link:" + R.TCP_LINK]
         self._lock = threading.Lock()   # one physics client: one query at a time

@@ -45,7 +45,7 @@ from std_msgs.msg import Float64, String
 from taskweave.ros.common import (declare_params, make_pub, make_sub, run_single_node, top_down_quat_xyzw)
 from taskweave.ros.params import POLICY_PARAMETERS
 from taskweave.ros.state_json import decode_state, parse_skill, policy_state, symbolic_from_dict
-from taskweave.sim.control import GRIPPER_OPEN_WIDTH, LEASH, MAX_DPOS, MAX_DYAW, TCP_Z_MIN, YAW_LIMIT
+from taskweave.sim.control import GRIPPER_OPEN_WIDTH, MAX_DPOS, MAX_DYAW, TCP_Z_MIN, YAW_LIMIT, leashed_target
 from taskweave.sim.errors import UserError
 from taskweave.sim.geometry import top_down_yaw
 from taskweave.sim.spec import WORKSPACE_HIGH, WORKSPACE_LOW
@@ -73,14 +73,6 @@ def reference_target(obs: dict) -> tuple:
         return np.array(t[:3]), t[3]
     r = obs["robot"]
     return np.array(r[:3], dtype=float), float(np.arctan2(r[3], r[4]))
-
-
-def leashed_target(target_pos, tcp_pos) -> np.ndarray:
-    """target_pos kept within LEASH of the measured TCP, as `EEDeltaController` keeps the commanded target."""
-    target, tcp = np.asarray(target_pos, dtype=float), np.asarray(tcp_pos, dtype=float)
-    off = target - tcp
-    dist = float(np.linalg.norm(off))
-    return tcp + off * (LEASH / dist) if dist > LEASH else target
 
 
 def robot_skill_sentence(skill: str, state_dict: Optional[dict] = None) -> str:
