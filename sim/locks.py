@@ -135,13 +135,17 @@ class FolderLock:
         return self
 
     def _wait_for_record(self, fd: int, wait_s: float = 1.0) -> Optional[dict]:
-        """The holder's record; a holder that has just taken the lock gets wait_s to write it."""
+        """The holder's record; a holder that has just taken the lock gets wait_s to write it. Until it has,
+        the file may still hold the record of the dead run it took over from (a takeover race): a record
+        naming a process on this host that is gone is read again until the new holder's replaces it."""
         deadline = time.monotonic() + wait_s
         while True:
             rec = _parse(os.pread(fd, 1 << 16, 0))
-            if rec is not None or time.monotonic() > deadline:
+            dead = (rec is not None and rec.get("host") == socket.gethostname()
+                    and isinstance(rec.get("pid"), int) and not _alive(rec["pid"]))
+            if (rec is not None and not dead) or time.monotonic() > deadline:
                 return rec
-            time.sleep(0.05)
+            time.sleep(0.02)
 
     @staticmethod
     def _record_is_live(rec: dict) -> bool:

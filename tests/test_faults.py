@@ -181,6 +181,35 @@ def test_killed_holder_lock_is_taken_over_by_exactly_one_of_two_takers(tmp_path)
     assert lock_holder(d) is None
 
 
+def test_a_refusal_during_a_takeover_names_the_new_holder_not_the_dead_one(tmp_path):
+    """The takeover race CI hit: the winner holds flock but has not yet replaced the dead run's record; the
+    loser waits for the new record instead of naming the dead pid."""
+    d = tmp_path / "folder"
+    d.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (d / LOCK_NAME).write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename, "started": "then",
+                                           "command": "gone", "purpose": "collect"}))
+    winner = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import fcntl, os, time
+        from taskweave.sim.locks import FolderLock
+        fd = os.open({str(d / LOCK_NAME)!r}, os.O_RDWR)
+        fcntl.flock(fd, fcntl.LOCK_EX)          # granted; the dead run's record is still in the file
+        print("HELD", flush=True); time.sleep(0.4)
+        lock = FolderLock({str(d)!r}, "winner", log=lambda m: None)
+        lock._fd = fd; lock._write_record()
+        print("WROTE", flush=True); time.sleep(30)""")], stdout=subprocess.PIPE, text=True, env=ENV)
+    try:
+        assert winner.stdout.readline().strip() == "HELD"
+        with pytest.raises(LockError) as err:
+            FolderLock(str(d), "loser").acquire()
+        assert f"in use by pid {winner.pid} " in str(err.value) and "winner" in str(err.value), str(err.value)
+        assert "is gone" not in str(err.value)
+    finally:
+        winner.kill()
+        winner.wait()
+
+
 def test_a_live_holder_the_filesystem_did_not_lock_out_is_refused(tmp_path):
     """A record naming a live process of this host while flock was granted: flock is not honoured here."""
     d = tmp_path / "nfs-like"
