@@ -82,6 +82,7 @@ def evaluate(checkpoint: str, tasks: list, episodes: int = EPISODES, backend: st
     out = summarise(per_task, checkpoint, backend, split, time.perf_counter() - t0, ", ".join(devices))
     out["action_horizon"] = runner.action_horizon
     out["inference_steps"] = runner.num_inference_steps or runner.config.num_inference_steps
+    out["train_tasks"] = list(cfg.train_tasks)   # empty: every task of its dataset
     out.update(policy_inputs(cfg))   # 'policy_inputs' (e.g. rgb:front, rgb:wrist, proprio, text), 'privileged'
     out["text_ablation"], out["done_by"] = text_ablation, "done head" if runner.has_done_head else "postcondition"
     out["num_envs"], out["executor"] = n_env, executor.describe()

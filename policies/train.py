@@ -25,7 +25,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -160,7 +160,8 @@ def _infinite(loader: DataLoader, sampler: DistributedSampler, epoch: int):
 
 
 def _prepare_config(out_dir: str, config: Optional[DiffusionConfig], resume: bool, steps: Optional[int],
-                    batch_size: Optional[int], log) -> tuple[DiffusionConfig, Optional[str], int]:
+                    batch_size: Optional[int], log, seed: Optional[int] = None,
+                    tasks: Optional[Sequence[str]] = None) -> tuple[DiffusionConfig, Optional[str], int]:
     config_path = os.path.join(out_dir, "config.json")
     last = os.path.join(out_dir, "checkpoints", "last.pt")
     if resume:
@@ -176,7 +177,13 @@ def _prepare_config(out_dir: str, config: Optional[DiffusionConfig], resume: boo
             raise TrainError(f"{out_dir}: run folder already has checkpoints; pass --resume or choose a new --out")
         cfg = config or DiffusionConfig()
         ckpt = None
+    fixed = {k: v for k, v in (("seed", seed), ("train_tasks", None if tasks is None else tuple(tasks)))
+             if v is not None and v != getattr(cfg, k)}
+    if resume and fixed:
+        raise TrainError(f"--resume keeps the run's {' and '.join(fixed)} ({', '.join(f'{k}={getattr(cfg, k)!r}' for k in fixed)}); "
+                         f"start a new run (another --out) to change them")
     changes = {k: v for k, v in (("steps", steps), ("batch_size", batch_size)) if v is not None}
+    changes.update(fixed)
     return (cfg.replace(**changes) if changes else cfg), ckpt, cfg.steps   # steps before this call's --steps
 
 
@@ -198,8 +205,10 @@ def _fill_dims(cfg: DiffusionConfig, ds: DemoDataset, text_dim: int, resuming: b
 
 def train(data_dir: str, out_dir: str, config: Optional[DiffusionConfig] = None, device: str = "auto",
           steps: Optional[int] = None, batch_size: Optional[int] = None, resume: bool = False, *,
-          progress: bool = True, log=print) -> TrainResult:
-    """Train (or resume) a policy on data_dir, writing the run folder out_dir; DDP when WORLD_SIZE > 1."""
+          progress: bool = True, log=print, seed: Optional[int] = None,
+          tasks: Optional[Sequence[str]] = None) -> TrainResult:
+    """Train (or resume) a policy on data_dir, writing the run folder out_dir; DDP when WORLD_SIZE > 1. seed and
+    tasks override the config's seed and train_tasks (a new run only)."""
     rank, world, local_rank = _dist_env()
     dev = select_device(device, local_rank)
     own_group = False
@@ -220,8 +229,12 @@ def train(data_dir: str, out_dir: str, config: Optional[DiffusionConfig] = None,
             if removed:
                 log(f"removed {len(removed)} temporary file(s) ({sum(n for _, n in removed) / 1e6:.1f} MB) an "
                     f"interrupted write left in {out_dir}")
-        cfg, ckpt_path, prev_steps = _prepare_config(out_dir, config, resume, steps, batch_size, log)
+        cfg, ckpt_path, prev_steps = _prepare_config(out_dir, config, resume, steps, batch_size, log, seed, tasks)
         ds = policy_dataset(data_dir, "train", cfg)
+        unknown = [t for t in cfg.train_tasks if t not in ds.tasks]
+        if unknown:
+            raise TrainError(f"train_tasks: {data_dir} has no task {', '.join(map(repr, unknown))}; its tasks are "
+                             f"{', '.join(ds.tasks)}")
         if len(ds) == 0:
             raise TrainError(f"{data_dir}: no training windows (no episodes with split 'train')")
         fingerprint = dataset_fingerprint(ds.meta)
@@ -273,7 +286,8 @@ def train(data_dir: str, out_dir: str, config: Optional[DiffusionConfig] = None,
             info = {"data": os.path.abspath(data_dir), "dataset_fingerprint": fingerprint,
                     "dataset_backend": ds.meta.get("backend"), "dataset_episodes": len(ds.meta["episodes"]),
                     "num_train_windows": len(ds), "skills": ds.skills,
-                    "tasks": ds.tasks, "world_size": world, "device": str(dev), "torch": torch.__version__,
+                    "tasks": ds.tasks, "train_tasks": list(cfg.train_tasks) or ds.tasks,
+                    "num_train_episodes": len(ds.episodes), "world_size": world, "device": str(dev), "torch": torch.__version__,
                     "policy_inputs": policy.policy_inputs, "privileged": policy.privileged}
             atomic_write_json(os.path.join(out_dir, "run_info.json"), info, indent=2)
         val = val_batches(data_dir, cfg, log) if is_main and cfg.val_every > 0 else None

@@ -19,10 +19,11 @@ from .diffusion.modeling import DiffusionPolicy
 
 
 def policy_dataset(data_dir: str, split: str, cfg: DiffusionConfig) -> DemoDataset:
-    """The split's windows as cfg's policy reads them (robot: frames, proprio and done targets)."""
+    """The split's windows as cfg's policy reads them (robot: frames, proprio and done targets), of
+    cfg.train_tasks' episodes only when that is set."""
     robot = cfg.obs_mode == "robot"
     return DemoDataset(data_dir, split, cfg.obs_horizon, cfg.pred_horizon, cfg.action_horizon,
-                       load_rgb=cfg.obs_mode == "rgb", robot=robot, cameras=cfg.cameras if robot else None,
+                       load_rgb=cfg.obs_mode == "rgb", robot=robot, tasks=list(cfg.train_tasks) or None, cameras=cfg.cameras if robot else None,
                        preload=robot and cfg.preload_frames, aux_targets=robot and cfg.aux_loss_weight > 0)
 
 

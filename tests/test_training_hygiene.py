@@ -23,10 +23,12 @@ SKILLS = ("pick the red block", "place the red block in the green bowl")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")   # conftest: tiny models run on one thread
 
 
-def write_demos(path, robot: bool, n: int = 4, seg_lens=(9, 7), size: int = 40) -> str:
-    """Synthetic two-skill episodes (the last one in val); robot: frames of two cameras and proprio too."""
-    w = DatasetWriter(str(path), tasks=["t"], backend="synthetic", proprio_layout="synthetic" if robot else None)
+def write_demos(path, robot: bool, n: int = 4, seg_lens=(9, 7), size: int = 40, tasks=("t",)) -> str:
+    """Synthetic two-skill episodes (the last one in val; several tasks take turns); robot: frames of two cameras
+    and proprio too."""
+    w = DatasetWriter(str(path), tasks=list(tasks), backend="synthetic", proprio_layout="synthetic" if robot else None)
     for seed in range(n):
+        task = tasks[seed % len(tasks)]
         rng = np.random.default_rng(seed)
         t = sum(seg_lens)
         state = rng.normal(size=(t, 6)).astype(np.float32)
@@ -36,7 +38,9 @@ def write_demos(path, robot: bool, n: int = 4, seg_lens=(9, 7), size: int = 40) 
         if robot:
             kw = dict(frames={c: rng.integers(0, 256, (t, size, size, 3), dtype=np.uint8) for c in ("front", "wrist")},
                       proprio=rng.normal(size=(t, PROPRIO_DIM)).astype(np.float32))
-        w.add_episode("t", seed, state, action, skills, split="val" if seed == n - 1 else "train",
+        if task != tasks[0]:
+            action = action + 5.0          # another task's actions lie elsewhere: its stats differ
+        w.add_episode(task, seed, state, action, skills, split="val" if seed == n - 1 else "train",
                       segment_lengths=list(seg_lens), **kw)
     w.finalize()
     return str(path)
@@ -212,3 +216,27 @@ def test_no_val_episodes_means_no_validation(tmp_path):
     assert not os.path.exists(os.path.join(out, "val_metrics.jsonl"))
     assert not os.path.exists(os.path.join(out, "checkpoints", "best.pt"))
     assert any("no val episodes" in str(m) for m in logs)
+
+
+def test_train_tasks_trains_on_those_episodes_only_and_a_resume_keeps_them(tmp_path, capsys):
+    """`--tasks` (config train_tasks): the windows, val batches and normaliser stats come from those tasks'
+    episodes alone; an unknown name and a changed seed or task list on --resume are one-line errors."""
+    from taskweave.cli import main
+    data = write_demos(tmp_path / "two", robot=False, n=6, tasks=("t", "u"))
+    out = str(tmp_path / "only_u")
+    res = train(data, out, tiny(False, steps=2), device="cpu", progress=False, log=quiet, tasks=["u"], seed=7)
+    info = json.load(open(os.path.join(out, "run_info.json")))
+    assert info["train_tasks"] == ["u"] and info["tasks"] == ["t", "u"] and info["num_train_episodes"] == 2
+    ckpt = load_checkpoint(res.checkpoint)
+    assert ckpt["config"].train_tasks == ("u",) and ckpt["config"].seed == 7
+    assert float(ckpt["normalizer"]["action"]["min"].min()) > 3.0, "stats of u's actions (shifted by +5) only"
+    everything = train(data, str(tmp_path / "all"), tiny(False, steps=2), device="cpu", progress=False, log=quiet)
+    assert float(load_checkpoint(everything.checkpoint)["normalizer"]["action"]["min"].min()) < 0.0
+    assert main(["train", "--data", data, "--out", str(tmp_path / "bad"), "--tasks", "u,nope", "--device", "cpu",
+                 "--no-progress"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'nope'" in err[0] and "t, u" in err[0], err
+    assert main(["train", "--data", data, "--out", out, "--resume", "--seed", "8", "--device", "cpu",
+                 "--no-progress"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "keeps the run's seed" in err[0], err

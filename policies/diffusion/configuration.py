@@ -14,7 +14,7 @@ class ConfigError(UserError, ValueError):
     """A configuration value, key or file that is not acceptable; the message names the field."""
 
 
-_TUPLE_FIELDS = ("down_dims", "betas", "rgb_channels", "image_shape", "cameras")
+_TUPLE_FIELDS = ("down_dims", "betas", "rgb_channels", "image_shape", "cameras", "train_tasks")
 OBS_MODES = ("state", "rgb", "robot")
 # obs_mode "state" and "rgb" read the simulator's ground truth (object and target poses in the state vector):
 # privileged baselines. "robot" sees only cameras, proprioception and the skill sentence.
@@ -91,6 +91,7 @@ class DiffusionConfig:
     batch_size: int = 64
     steps: int = 50_000
     seed: int = 0
+    train_tasks: tuple = ()               # train on these of the dataset's tasks only (empty: all of them)
     num_workers: int = 0
     log_every: int = 100
     checkpoint_every: int = 5_000
@@ -129,6 +130,9 @@ class DiffusionConfig:
              "val_every", "must be an integer >= 0 (0: no validation)")
         for name in ("state_dim", "action_dim", "num_tasks", "num_skills", "proprio_dim"):
             pos_int(name, allow_none=True)
+        need(isinstance(self.train_tasks, tuple) and all(isinstance(t, str) and t for t in self.train_tasks)
+             and len(set(self.train_tasks)) == len(self.train_tasks), "train_tasks",
+             "must be distinct task names (empty: every task of the dataset)")
         need(self.obs_mode in OBS_MODES, "obs_mode", "must be 'state', 'rgb' or 'robot'")
         need(isinstance(self.cameras, tuple) and len(set(self.cameras)) == len(self.cameras)
              and all(isinstance(c, str) and c.isidentifier() for c in self.cameras), "cameras",

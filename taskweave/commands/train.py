@@ -10,6 +10,14 @@ import os
 
 from taskweave.commands.common import check_output_dir, positive_int
 
+
+def task_list(text: str) -> list:
+    """--tasks: comma-separated, non-empty, no repeats."""
+    names = [t.strip() for t in text.split(",")]
+    if not all(names) or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: give distinct task names separated by commas")
+    return names
+
 HELP = "train the multitask diffusion policy"
 
 
@@ -21,6 +29,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto: CUDA when available)")
     ap.add_argument("--steps", type=positive_int, help="total optimiser steps (overrides the config)")
     ap.add_argument("--batch-size", type=positive_int, help="batch size per process (overrides the config)")
+    ap.add_argument("--seed", type=int, help="training seed: weights, noise and data order (overrides the config)")
+    ap.add_argument("--tasks", type=task_list,
+                    help="comma-separated tasks of the dataset to train on, the rest left out (overrides the "
+                         "config's train_tasks; default: all)")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -35,7 +47,7 @@ def run(args) -> int:
     check_output_dir(args.out)   # a run folder that cannot be written fails before any training
     cfg = DiffusionConfig.load(args.config) if args.config else None
     res = train(args.data, args.out, cfg, device=args.device, steps=args.steps, batch_size=args.batch_size,
-                resume=args.resume, progress=not args.no_progress)
+                resume=args.resume, progress=not args.no_progress, seed=args.seed, tasks=args.tasks)
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"done: step {res.step}, loss {res.loss:.4f}, checkpoint {res.checkpoint}")
     return 0
