@@ -30,6 +30,9 @@ import sys
 import threading
 
 from taskweave.envs.metrics import rate_cell
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from policy_robot import first_skill, reach_probe, sign_test  # noqa: E402  (the sibling experiment's tests)
 from taskweave.sim.fileio import atomic_write_json, atomic_write_text
 
 TASKS = ["BlockInBowl", "PlaceInZone", "StackOnBlock"]
@@ -91,8 +94,6 @@ def run_lane(lane: list, log_path: str, failures: list) -> None:
 
 def probe_all(work: str, steps: int, eval_episodes: int, backend: str) -> dict:
     """The reach probe (policy_robot.reach_probe) of every policy on the first eval_episodes test seeds."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from policy_robot import reach_probe
     from taskweave.policies.collect import SPLIT_SEED_BASE
 
     L = layout(work, steps)
@@ -110,24 +111,11 @@ def probe_all(work: str, steps: int, eval_episodes: int, backend: str) -> dict:
     return out
 
 
-def sign_test(wins: int, losses: int) -> float:
-    """Two-sided exact sign test over the discordant pairs."""
-    n = wins + losses
-    if n == 0:
-        return 1.0
-    k = min(wins, losses)
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
-
-
 def wilcoxon(diffs: list) -> float:
     """Two-sided Wilcoxon signed-rank p-value of paired differences (scipy; zeros dropped)."""
     from scipy.stats import wilcoxon as w
     nz = [d for d in diffs if d != 0]
     return float(w(nz).pvalue) if len(nz) >= 2 else 1.0
-
-
-def first_skill(ep: dict) -> bool:
-    return bool(ep["skills"]) and bool(ep["skills"][0]["success"])
 
 
 def report(work: str, data: str, steps: int, eval_episodes: int, plan_cmds: list, note: str) -> str:
