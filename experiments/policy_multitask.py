@@ -212,15 +212,34 @@ def report(work: str, data: str, steps: int, eval_episodes: int, plan_cmds: list
                       f"Reach probe ({len(d)} pairs): TCP nearest the named block, multitask "
                       f"{rate_cell(*near['multi'])}, single-task {rate_cell(*near['single'])}; mean distance "
                       f"difference (single - multi) {100 * sum(d) / len(d):+.1f} cm."]
+    def probe_cell(arm: str, s: int) -> str:
+        rows = [r for t in TASKS for r in probe.get(f"{arm}/s{s}/{t}", [])]
+        if not rows:
+            return "-"
+        return (f"{rate_cell(sum(r['nearest_named'] for r in rows), len(rows))}, "
+                f"{100 * sum(r['named_dist'] for r in rows) / len(rows):.1f} cm")
+
     per_seed = []
     for s in SEEDS:
         ms = sum(multi[s]["tasks"][t]["skill_successes"] for t in TASKS) / max(1, sum(multi[s]["tasks"][t]["skill_attempts"] for t in TASKS))
         ss = sum(single[(t, s)]["tasks"][t]["skill_successes"] for t in TASKS) / max(
             1, sum(single[(t, s)]["tasks"][t]["skill_attempts"] for t in TASKS))
         per_seed.append((s, ms, ss))
-    lines += ["", "Per training seed, per-skill success over the three tasks (the spread between seeds):", "",
-              "| training seed | multitask | single-task |", "|---|---|---|",
-              *[f"| {s} | {100 * a:.0f}% | {100 * b:.0f}% |" for s, a, b in per_seed],
+    lines += ["", "Per training seed, over the three tasks (the spread between seeds): per-skill success, and the reach "
+              "probe (TCP nearest the named block; mean XY distance to it):", "",
+              "| training seed | multitask: skills | single-task: skills | multitask: probe | single-task: probe |",
+              "|---|---|---|---|---|",
+              *[f"| {s} | {100 * a:.0f}% | {100 * b:.0f}% | {probe_cell('multi', s)} | {probe_cell('single', s)} |"
+                for s, a, b in per_seed],
+              "", "Final validation loss and sampled-chunk action MSE (normalised units, EMA weights) of every run: the "
+              "multitask run's over the val episodes of all three tasks, a single-task run's over its task's (the "
+              "actions are normalised by each run's own statistics).", "",
+              "| run | " + " | ".join(f"seed {s}: val loss / action MSE" for s in SEEDS) + " |",
+              "|---|" + "---|" * len(SEEDS),
+              *[f"| {arm} | " + " | ".join(
+                  (lambda v: f"{v['val_loss']:.3f} / {v['val_action_mse']:.3f}")(
+                      json.loads(open(os.path.join(L["run"](arm, s), "val_metrics.jsonl")).read().splitlines()[-1]))
+                  for s in SEEDS) + " |" for arm in ["multi", *TASKS]],
               "", "## Reading", "", note, "", "## Reproduce", "", "```bash",
               *[f"OMP_NUM_THREADS=1 {shlex.join(c)}" for c in plan_cmds], "```", ""]
     return "\n".join(lines)
@@ -266,7 +285,12 @@ def main(argv=None) -> int:
             probe_all(args.work, args.steps, args.probe_episodes, args.backend)
     text = report(args.work, data, args.steps, args.eval_episodes, [c for lane in plan for _, c in lane], args.note)
     atomic_write_text(args.out, text)
-    print(f"wrote {args.out}")
+    raw = os.path.splitext(args.out)[0] + ".json"   # the per-episode rows behind the tables, for re-analysis
+    L_eval = {f"{arm}_s{s}": json.load(open(os.path.join(L["eval"](arm, s), "eval.json")))
+              for s in SEEDS for arm in ["multi", *TASKS]}
+    atomic_write_json(raw, {"evals": L_eval, "reach_probe": json.load(open(L["probe"])) if os.path.exists(L["probe"]) else {}},
+                      indent=None, separators=(",", ":"))
+    print(f"wrote {args.out} and {raw}")
     return 0
 
 
