@@ -65,6 +65,12 @@ def _alive(pid: int) -> bool:
     return _proc_stat(pid)[0] not in ("Z", "X")
 
 
+def _names_dead_process(rec: Optional[dict]) -> bool:
+    """Whether a holder record names a process of this host that is no longer running."""
+    return (bool(rec) and rec.get("host") == socket.gethostname() and isinstance(rec.get("pid"), int)
+            and not _alive(rec["pid"]))
+
+
 def _describe(rec: Optional[dict]) -> str:
     if not rec:
         return "a process that has not written its holder record"
@@ -108,9 +114,8 @@ class FolderLock:
             os.close(fd)
             if not busy:
                 raise LockError(f"{self.path}: cannot lock ({exc.strerror or exc})") from None
-            gone = (holder and holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int)
-                    and not _alive(holder["pid"]))
-            note = "; that pid is gone but a process it started still has the lock file open" if gone else ""
+            note = ("; that pid is gone but a process it started still has the lock file open"
+                    if _names_dead_process(holder) else "")
             raise LockError(f"{self.folder} is in use by {_describe(holder)}{note}; wait for that run to end "
                             f"or stop it (lock {self.path})") from None
         previous = _parse(os.pread(fd, 1 << 16, 0))
@@ -141,9 +146,7 @@ class FolderLock:
         deadline = time.monotonic() + wait_s
         while True:
             rec = _parse(os.pread(fd, 1 << 16, 0))
-            dead = (rec is not None and rec.get("host") == socket.gethostname()
-                    and isinstance(rec.get("pid"), int) and not _alive(rec["pid"]))
-            if (rec is not None and not dead) or time.monotonic() > deadline:
+            if (rec is not None and not _names_dead_process(rec)) or time.monotonic() > deadline:
                 return rec
             time.sleep(0.02)
 
