@@ -376,6 +376,10 @@ class DemoDataset(torch.utils.data.Dataset):
         self.aux_targets = bool(aux_targets) and bool(robot)
         self.obs_horizon, self.pred_horizon, self.action_horizon = obs_horizon, pred_horizon, action_horizon
         self.meta = load_meta(path)
+        unknown = [t for t in (tasks or ()) if t not in self.meta["tasks"]]
+        if unknown:   # before any array is read or preloaded
+            raise DatasetError(f"{os.path.join(path, 'meta.json')}: no task {', '.join(map(repr, unknown))}; its "
+                               f"tasks are {', '.join(self.meta['tasks'])}")
         self.zarr_path = os.path.join(path, "data.zarr")
         if self.meta["format_version"] == 1:
             print(f"warning: {path}: a format-1 dataset, written before checksums: damaged chunks go undetected "

@@ -180,8 +180,9 @@ def _prepare_config(out_dir: str, config: Optional[DiffusionConfig], resume: boo
     fixed = {k: v for k, v in (("seed", seed), ("train_tasks", None if tasks is None else tuple(tasks)))
              if v is not None and v != getattr(cfg, k)}
     if resume and fixed:
-        raise TrainError(f"--resume keeps the run's {' and '.join(fixed)} ({', '.join(f'{k}={getattr(cfg, k)!r}' for k in fixed)}); "
-                         f"start a new run (another --out) to change them")
+        saved = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in fixed)
+        raise TrainError(f"--resume keeps the run's {' and '.join(fixed)} ({saved}); start a new run (another --out) "
+                         f"to change them")
     changes = {k: v for k, v in (("steps", steps), ("batch_size", batch_size)) if v is not None}
     changes.update(fixed)
     return (cfg.replace(**changes) if changes else cfg), ckpt, cfg.steps   # steps before this call's --steps
@@ -230,11 +231,7 @@ def train(data_dir: str, out_dir: str, config: Optional[DiffusionConfig] = None,
                 log(f"removed {len(removed)} temporary file(s) ({sum(n for _, n in removed) / 1e6:.1f} MB) an "
                     f"interrupted write left in {out_dir}")
         cfg, ckpt_path, prev_steps = _prepare_config(out_dir, config, resume, steps, batch_size, log, seed, tasks)
-        ds = policy_dataset(data_dir, "train", cfg)
-        unknown = [t for t in cfg.train_tasks if t not in ds.tasks]
-        if unknown:
-            raise TrainError(f"train_tasks: {data_dir} has no task {', '.join(map(repr, unknown))}; its tasks are "
-                             f"{', '.join(ds.tasks)}")
+        ds = policy_dataset(data_dir, "train", cfg)   # an unknown train_tasks name is a DatasetError
         if len(ds) == 0:
             raise TrainError(f"{data_dir}: no training windows (no episodes with split 'train')")
         fingerprint = dataset_fingerprint(ds.meta)
@@ -287,7 +284,8 @@ def train(data_dir: str, out_dir: str, config: Optional[DiffusionConfig] = None,
                     "dataset_backend": ds.meta.get("backend"), "dataset_episodes": len(ds.meta["episodes"]),
                     "num_train_windows": len(ds), "skills": ds.skills,
                     "tasks": ds.tasks, "train_tasks": list(cfg.train_tasks) or ds.tasks,
-                    "num_train_episodes": len(ds.episodes), "world_size": world, "device": str(dev), "torch": torch.__version__,
+                    "num_train_episodes": len(ds.episodes), "world_size": world, "device": str(dev),
+                    "torch": torch.__version__,
                     "policy_inputs": policy.policy_inputs, "privileged": policy.privileged}
             atomic_write_json(os.path.join(out_dir, "run_info.json"), info, indent=2)
         val = val_batches(data_dir, cfg, log) if is_main and cfg.val_every > 0 else None

@@ -23,7 +23,8 @@ def policy_dataset(data_dir: str, split: str, cfg: DiffusionConfig) -> DemoDatas
     cfg.train_tasks' episodes only when that is set."""
     robot = cfg.obs_mode == "robot"
     return DemoDataset(data_dir, split, cfg.obs_horizon, cfg.pred_horizon, cfg.action_horizon,
-                       load_rgb=cfg.obs_mode == "rgb", robot=robot, tasks=list(cfg.train_tasks) or None, cameras=cfg.cameras if robot else None,
+                       load_rgb=cfg.obs_mode == "rgb", robot=robot, tasks=list(cfg.train_tasks) or None,
+                       cameras=cfg.cameras if robot else None,
                        preload=robot and cfg.preload_frames, aux_targets=robot and cfg.aux_loss_weight > 0)
 
 
