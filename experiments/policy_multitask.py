@@ -43,10 +43,22 @@ PROBE_TICKS = 30
 
 
 def layout(work: str, steps: int) -> dict:
+    """Where each run, its final checkpoint (the multitask run trains len(TASKS) x steps), its evaluation and the
+    reach probe live; arm is 'multi' or a task name."""
     root = os.path.join(work, f"multitask_vs_single_{steps}")
-    return {"root": root, "run": lambda arm, s: os.path.join(root, "runs", f"{arm}_s{s}"),
+    run = lambda arm, s: os.path.join(root, "runs", f"{arm}_s{s}")   # noqa: E731
+    final = lambda arm: steps * len(TASKS) if arm == "multi" else steps   # noqa: E731
+    return {"root": root, "run": run, "final": final,
+            "ckpt": lambda arm, s: os.path.join(run(arm, s), "checkpoints", f"step_{final(arm):07d}.pt"),
             "eval": lambda arm, s: os.path.join(root, "eval", f"{arm}_s{s}"),
             "probe": os.path.join(root, "reach_probe.json")}
+
+
+def load_results(L: dict) -> tuple:
+    """({'<arm>_s<seed>': eval.json} of every policy, the reach probe rows or {})."""
+    evals = {f"{arm}_s{s}": json.load(open(os.path.join(L["eval"](arm, s), "eval.json")))
+             for s in SEEDS for arm in ["multi", *TASKS]}
+    return evals, (json.load(open(L["probe"])) if os.path.exists(L["probe"]) else {})
 
 
 def lanes(work: str, data: str, steps: int, eval_episodes: int, backend: str) -> list:
@@ -56,23 +68,16 @@ def lanes(work: str, data: str, steps: int, eval_episodes: int, backend: str) ->
     train = ["taskweave", "train", "--data", data, "--config", CONFIG, "--device", "cpu", "--no-progress"]
     ev = ["--backend", backend, "--device", "cpu", "--num-envs", "8", "--episodes", str(eval_episodes)]
     for s in SEEDS:
-        total = steps * len(TASKS)
-        multi.append((os.path.join(L["run"]("multi", s), "checkpoints", f"step_{total:07d}.pt"),
-                      [*train, "--out", L["run"]("multi", s), "--steps", str(total), "--seed", str(s)]))
+        multi.append((L["ckpt"]("multi", s), [*train, "--out", L["run"]("multi", s), "--steps", str(L["final"]("multi")),
+                                              "--seed", str(s)]))
         for t in TASKS:
-            single.append((os.path.join(L["run"](t, s), "checkpoints", f"step_{steps:07d}.pt"),
-                           [*train, "--out", L["run"](t, s), "--steps", str(steps), "--seed", str(s), "--tasks", t]))
+            single.append((L["ckpt"](t, s), [*train, "--out", L["run"](t, s), "--steps", str(steps), "--seed", str(s),
+                                             "--tasks", t]))
     for s in SEEDS:   # evaluations after the training of that lane (the final checkpoint of each run)
-        total = steps * len(TASKS)
-        multi.append((os.path.join(L["eval"]("multi", s), "eval.json"),
-                      ["taskweave", "eval", "--checkpoint",
-                       os.path.join(L["run"]("multi", s), "checkpoints", f"step_{total:07d}.pt"),
-                       "--tasks", ",".join(TASKS), *ev, "--out", L["eval"]("multi", s)]))
-        for t in TASKS:
-            single.append((os.path.join(L["eval"](t, s), "eval.json"),
-                           ["taskweave", "eval", "--checkpoint",
-                            os.path.join(L["run"](t, s), "checkpoints", f"step_{steps:07d}.pt"),
-                            "--tasks", t, *ev, "--out", L["eval"](t, s)]))
+        for arm, tasks, lane in (("multi", TASKS, multi), *((t, [t], single) for t in TASKS)):
+            lane.append((os.path.join(L["eval"](arm, s), "eval.json"),
+                         ["taskweave", "eval", "--checkpoint", L["ckpt"](arm, s), "--tasks", ",".join(tasks), *ev,
+                          "--out", L["eval"](arm, s)]))
     return [multi, single]
 
 
@@ -99,11 +104,9 @@ def probe_all(work: str, steps: int, eval_episodes: int, backend: str) -> dict:
     L = layout(work, steps)
     out = json.load(open(L["probe"])) if os.path.exists(L["probe"]) else {}
     seeds = [SPLIT_SEED_BASE["test"] + i for i in range(eval_episodes)]
-    total = steps * len(TASKS)
     for s in SEEDS:
         for t in TASKS:
-            for arm, ckpt in (("multi", os.path.join(L["run"]("multi", s), "checkpoints", f"step_{total:07d}.pt")),
-                              ("single", os.path.join(L["run"](t, s), "checkpoints", f"step_{steps:07d}.pt"))):
+            for arm, ckpt in (("multi", L["ckpt"]("multi", s)), ("single", L["ckpt"](t, s))):
                 key = f"{arm}/s{s}/{t}"
                 if key not in out and os.path.exists(ckpt):
                     out[key] = reach_probe(ckpt, t, seeds, "none", PROBE_TICKS, backend)
@@ -112,17 +115,43 @@ def probe_all(work: str, steps: int, eval_episodes: int, backend: str) -> dict:
 
 
 def wilcoxon(diffs: list) -> float:
-    """Two-sided Wilcoxon signed-rank p-value of paired differences (scipy; zeros dropped)."""
-    from scipy.stats import wilcoxon as w
-    nz = [d for d in diffs if d != 0]
-    return float(w(nz).pvalue) if len(nz) >= 2 else 1.0
+    """Two-sided Wilcoxon signed-rank p-value of paired differences, zeros dropped (scipy is not a dependency):
+    exact for n <= 50 (the permutation distribution over the 2^n sign patterns of the average ranks, ties
+    included), else the normal approximation with the tie correction and no continuity correction (as
+    scipy.stats.wilcoxon's default; below 51 scipy uses the exact table only without ties)."""
+    nz = sorted((d for d in diffs if d != 0), key=abs)
+    n = len(nz)
+    if n < 2:
+        return 1.0
+    ranks, i = [0.0] * n, 0
+    while i < n:   # average ranks over runs of equal |d|
+        j = i
+        while j + 1 < n and abs(nz[j + 1]) == abs(nz[i]):
+            j += 1
+        ranks[i:j + 1] = [(i + j) / 2 + 1] * (j - i + 1)
+        i = j + 1
+    plus = sum(r for r, d in zip(ranks, nz) if d > 0)
+    if n <= 50:   # exact: every sign pattern over these (possibly tied) ranks, in half-rank units
+        half = [int(2 * r) for r in ranks]
+        counts = [1] + [0] * sum(half)   # counts[k]: sign patterns whose positive half-ranks sum to k
+        for h in half:
+            for k in range(len(counts) - 1, h - 1, -1):
+                counts[k] += counts[k - h]
+        t = min(int(2 * plus), sum(half) - int(2 * plus))
+        return min(1.0, 2 * sum(counts[:t + 1]) / 2 ** n)
+    mean = n * (n + 1) / 4
+    ties = {}
+    for r in ranks:
+        ties[r] = ties.get(r, 0) + 1
+    var = n * (n + 1) * (2 * n + 1) / 24 - sum(c ** 3 - c for c in ties.values()) / 48
+    return math.erfc(abs(plus - mean) / math.sqrt(var) / math.sqrt(2))
 
 
-def report(work: str, data: str, steps: int, eval_episodes: int, plan_cmds: list, note: str) -> str:
+def report(work: str, data: str, steps: int, eval_episodes: int, plan_cmds: list, note: str, evals: dict,
+           probe: dict) -> str:
     L = layout(work, steps)
-    multi = {s: json.load(open(os.path.join(L["eval"]("multi", s), "eval.json"))) for s in SEEDS}
-    single = {(t, s): json.load(open(os.path.join(L["eval"](t, s), "eval.json"))) for s in SEEDS for t in TASKS}
-    probe = json.load(open(L["probe"])) if os.path.exists(L["probe"]) else {}
+    multi = {s: evals[f"multi_s{s}"] for s in SEEDS}
+    single = {(t, s): evals[f"{t}_s{s}"] for s in SEEDS for t in TASKS}
     base = multi[SEEDS[0]]
     info = {arm: json.load(open(os.path.join(L["run"](arm, SEEDS[0]), "run_info.json"))) for arm in ["multi", *TASKS]}
     walls = {}
@@ -283,13 +312,12 @@ def main(argv=None) -> int:
             return 1
         if args.probe_episodes:
             probe_all(args.work, args.steps, args.probe_episodes, args.backend)
-    text = report(args.work, data, args.steps, args.eval_episodes, [c for lane in plan for _, c in lane], args.note)
+    evals, probe = load_results(L)
+    text = report(args.work, data, args.steps, args.eval_episodes, [c for lane in plan for _, c in lane], args.note,
+                  evals, probe)
     atomic_write_text(args.out, text)
     raw = os.path.splitext(args.out)[0] + ".json"   # the per-episode rows behind the tables, for re-analysis
-    L_eval = {f"{arm}_s{s}": json.load(open(os.path.join(L["eval"](arm, s), "eval.json")))
-              for s in SEEDS for arm in ["multi", *TASKS]}
-    atomic_write_json(raw, {"evals": L_eval, "reach_probe": json.load(open(L["probe"])) if os.path.exists(L["probe"]) else {}},
-                      indent=None, separators=(",", ":"))
+    atomic_write_json(raw, {"evals": evals, "reach_probe": probe}, indent=None, separators=(",", ":"))
     print(f"wrote {args.out} and {raw}")
     return 0
 
