@@ -11,6 +11,7 @@ JSON file beside it and, when matplotlib is installed, `docs/results/planning.pn
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -20,7 +21,9 @@ import sys
 import time
 from collections import defaultdict
 
+from taskweave.sim.errors import RunError, UserError
 from taskweave.sim.fileio import atomic_write_json, atomic_write_text
+from taskweave.sim.locks import FolderLock
 from taskweave.sim.rollouts import make_executor
 from taskweave.planning import PLANNERS
 from taskweave.envs.metrics import rate_cell
@@ -40,6 +43,7 @@ PERTURBATIONS = {
     "SwapBlocks": "grasp_fail:1.0@4", "TowerOfHanoi": "grasp_fail:1.0@2", "Unstack": "grasp_fail:1.0@1",
     "PushToZone": "move:$goal0@0", "RotateBlock": "grasp_fail:1.0@0",
 }
+CRITIC_COUNTS = ("critic_checks", "critic_rejections", "critic_accepted_failed")   # CLEA's, per episode
 NAMES = {"tree": "Tree-Planner", "clea": "CLEA", "iterative": "Iterative", "openloop": "Open loop"}
 METRICS = ("success", "goal_condition_recall", "executability", "corrections", "failures", "llm_calls",
            "total_tokens", "malformed", "restores", "wall_time")
@@ -122,6 +126,7 @@ def episode_job(job: dict) -> dict:
                                                                   "constrain": job["constrain"]})
     finally:
         llm.close()
+    followed, repeats = rec.repeats_after_failure()
     return {"task": job["task"], "planner": job["planner"], "condition": job["condition"], "seed": job["seed"],
             "perturb": rec.extra.get("perturbations", ""), "success": bool(rec.success),
             "goal_condition_recall": rec.goal_condition_recall, "executability": rec.executability,
@@ -131,7 +136,9 @@ def episode_job(job: dict) -> dict:
             "skills": len(rec.steps), "wall_time": rec.wall_time, "error": rec.error,
             "restores": rec.extra.get("restores", 0), "privileged": bool(rec.extra.get("privileged", False)),
             "first_prompts": llm.first, "events": rec.extra.get("events", []), "llm": rec.llm,
-            "prompt_tokens_sent": rec.prompt_tokens_sent, "cached_calls": llm.meter.cached_calls}
+            "prompt_tokens_sent": rec.prompt_tokens_sent, "cached_calls": llm.meter.cached_calls,
+            "failures_followed": followed, "repeats_after_failure": repeats,
+            **{k: int(rec.extra.get(k, 0)) for k in CRITIC_COUNTS}}
 
 
 def merge_records(path: str) -> None:
@@ -236,6 +243,7 @@ def write_markdown(path: str, rows: list, args, command: str, elapsed: float, pl
              *([f"Replayed: {sum(r.get('cached_calls', 0) for r in rows)} of {sum(r['llm_calls'] for r in rows)} LLM "
                 "calls were answered from the record file, not the model: wall times (and the run time) of those "
                 "episodes do not include generation.", ""] if any(r.get("cached_calls") for r in rows) else []),
+             *([args.note, ""] if getattr(args, "note", None) else []),
              *([f"Scope: planners run: {', '.join(NAMES[p] for p in planners)}"
                 + (f"; not run: {', '.join(NAMES[p] for p in PLANNERS if p not in planners)}"
                    if len(planners) < len(PLANNERS) else "")
@@ -293,6 +301,7 @@ def write_markdown(path: str, rows: list, args, command: str, elapsed: float, pl
     if errors:
         lines += ["", "## Why episodes stopped early", "", "| planner | reason | episodes |", "|---|---|---|"]
         lines += [f"| {p} | {e} | {n} |" for (p, e), n in sorted(errors.items())]
+    lines += recovery_section(rows, planners, conds)
     lines += ["", "## Notes", "",
               "- GCR is taken at the end of the episode; executability is the fraction of attempted skill calls "
               "that were grounded and ran without failing.",
@@ -310,6 +319,34 @@ def write_markdown(path: str, rows: list, args, command: str, elapsed: float, pl
               + (f" Plot: `{os.path.basename(plot)}`." if plot else " No plot (matplotlib is not installed).")]
     atomic_write_text(path, "\n".join(lines) + "\n")
     return head
+
+
+def recovery_section(rows: list, planners: list, conds: list) -> list:
+    """What each planner did right after a failed skill, and how CLEA's critic judged the skills it let run.
+
+    Rows from an older run (without these fields) give no section rather than zeros."""
+    if not rows or any("repeats_after_failure" not in r for r in rows):
+        return []
+    lines = ["", "## After a failed skill", "",
+             "Summed over episodes. *Same call again*: the next skill the planner ran after a failure was the "
+             "identical call (for Tree-Planner this includes its one retry per node after a transient failure). "
+             "CLEA's critic: skills it judged, skills it rejected (tau=0.5), and skills it accepted that then "
+             "failed when run.", "",
+             "| condition | planner | failed skills | followed by another skill | same call again | critic checks "
+             "| critic rejections | accepted, then failed |", "|---|---|---|---|---|---|---|---|"]
+    for cond in conds:
+        for p in planners:
+            rs = [r for r in rows if r["planner"] == p and r["condition"] == cond]
+            if not rs:
+                continue
+            total = {k: sum(int(r.get(k, 0)) for r in rs) for k in ("failures", "failures_followed",
+                                                                    "repeats_after_failure", *CRITIC_COUNTS)}
+            same = (f"{total['repeats_after_failure']} ({100 * total['repeats_after_failure'] / total['failures_followed']:.0f}%)"
+                    if total["failures_followed"] else "0")
+            critic = ([str(total[k]) for k in CRITIC_COUNTS] if p == "clea" else ["-", "-", "-"])
+            lines.append(f"| {cond} | {NAMES[p]} | {total['failures']} | {total['failures_followed']} | {same} | "
+                         + " | ".join(critic) + " |")
+    return lines
 
 
 def write_plot(path: str, rows: list, args) -> str:
@@ -352,6 +389,8 @@ def main(argv=None) -> int:
     p.add_argument("--planners", default=",".join(PLANNERS))
     p.add_argument("--conditions", default="static,perturbed")
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--note", default=None, help="a paragraph on how this run was made (e.g. resumed, replayed), "
+                                                "printed in the report under the command")
     p.add_argument("--backend", default="mujoco")
     p.add_argument("--errors", default="default", help="offline LLM error rates: default | none | name=rate,...")
     p.add_argument("--samples", type=int, default=50, help="Tree-Planner plans sampled")
@@ -391,34 +430,56 @@ def main(argv=None) -> int:
              "samples": args.samples, "votes": args.votes, "critic_votes": args.critic_votes,
              "backtrack": args.backtrack, "decide": args.decide, "llm": args.llm, "constrain": args.constrain, "record": args.record}
             for t in tasks for c in args.conditions for s in range(args.seeds) for pl in args.planners]
-    if args.record:
-        merge_records(args.record)   # parts left by an interrupted run join the record first
-    print(f"{len(jobs)} episodes: {len(tasks)} tasks x {len(args.conditions)} conditions x {args.seeds} seeds x "
-          f"{len(args.planners)} planners on {args.backend}, {args.workers} worker(s)", flush=True)
-    t0, rows = time.monotonic(), []
-    rows = [None] * len(jobs)
-    with make_executor(max(1, args.workers), args.ray) as pool:   # local workers end with this script, kill -9 too
-        for i, (j, row) in enumerate(pool.imap_unordered(episode_job, [(job,) for job in jobs]), 1):
-            rows[j] = row
-            if i % 20 == 0 or i == len(jobs):
-                print(f"  {i}/{len(jobs)} done ({time.monotonic() - t0:.0f} s)", flush=True)
-    elapsed = time.monotonic() - t0
-    if args.record:
-        merge_records(args.record)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    stem = os.path.splitext(args.out)[0]
-    atomic_write_json(stem + "_episodes.json", rows, indent=1)
-    plot = write_plot(stem + ".png", rows, args)
-    command = "python experiments/planners.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None
-                                                                                       else sys.argv[1:]))
-    for line in write_markdown(args.out, rows, args, command.strip(), elapsed, plot):
-        print(line)
-    print("first prompts (mean characters / est. tokens):")
-    for pl, entries in prompt_lengths(rows).items():
-        print(f"  {NAMES[pl]}: " + ", ".join(f"{tag} {c:.0f} chars / {t:.0f} tokens" for tag, c, t in entries))
-    print(f"wrote {args.out}" + (f" and {plot}" if plot else ""))
+    # one run at a time per record file: a second run would merge (and delete) this run's live part files
+    with (FolderLock.for_file(args.record, "experiments/planners.py --record") if args.record
+          else contextlib.nullcontext()):
+        if args.record:
+            merge_records(args.record)   # parts left by an interrupted run join the record first
+        print(f"{len(jobs)} episodes: {len(tasks)} tasks x {len(args.conditions)} conditions x {args.seeds} seeds x "
+              f"{len(args.planners)} planners on {args.backend}, {args.workers} worker(s)", flush=True)
+        t0, rows = time.monotonic(), []
+        rows = [None] * len(jobs)
+        with make_executor(max(1, args.workers), args.ray) as pool:   # local workers end with this script, kill -9 too
+            for i, (j, row) in enumerate(pool.imap_unordered(episode_job, [(job,) for job in jobs]), 1):
+                rows[j] = row
+                spent = time.monotonic() - t0
+                print(f"  {i}/{len(jobs)} {row['task']} {row['planner']} {row['condition']} seed {row['seed']}: "
+                      f"{'success' if row['success'] else 'failure'}, {row['llm_calls']} LLM calls "
+                      f"({spent:.0f} s elapsed, about {spent / i * (len(jobs) - i):.0f} s left)", flush=True)
+        elapsed = time.monotonic() - t0
+        if args.record:
+            merge_records(args.record)
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        stem = os.path.splitext(args.out)[0]
+        atomic_write_json(stem + "_episodes.json", rows, indent=1)
+        plot = write_plot(stem + ".png", rows, args)
+        shown = list(argv if argv is not None else sys.argv[1:])
+        for k in range(len(shown) - 1, -1, -1):      # the report prints --note's text as a paragraph, not in the command
+            if shown[k] == "--note":
+                del shown[k:k + 2]
+            elif shown[k].startswith("--note="):
+                del shown[k]
+        command = "python experiments/planners.py " + " ".join(shlex.quote(a) for a in shown)
+        for line in write_markdown(args.out, rows, args, command.strip(), elapsed, plot):
+            print(line)
+        print("first prompts (mean characters / est. tokens):")
+        for pl, entries in prompt_lengths(rows).items():
+            print(f"  {NAMES[pl]}: " + ", ".join(f"{tag} {c:.0f} chars / {t:.0f} tokens" for tag, c, t in entries))
+        print(f"wrote {args.out}" + (f" and {plot}" if plot else ""))
     return 0
 
 
+def _cli() -> int:
+    """main() with the CLI's error contract: a UserError is one line and exit 2, a RunError exit 3."""
+    try:
+        return main()
+    except UserError as e:
+        print(f"planners.py: error: {e}", file=sys.stderr)
+        return 2
+    except RunError as e:
+        print(f"planners.py: error: {e}", file=sys.stderr)
+        return 3
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_cli())

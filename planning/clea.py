@@ -128,8 +128,8 @@ class CleaAgent:
         ep = Episode(self.name, executor, llm, task=task, seed=seed, backend=backend, trace=trace,
                      constrain=self.constrain,
                      max_steps=self.max_steps, max_corrections=self.max_corrections, config=self.config())
-        counts = {"rounds": 0, "critic_rejections": 0, "perturbations_noticed": 0, "failure_replans": 0,
-                  "memory_updates": 0}
+        counts = {"rounds": 0, "critic_checks": 0, "critic_rejections": 0, "critic_accepted_failed": 0,
+                  "perturbations_noticed": 0, "failure_replans": 0, "memory_updates": 0}
         belief, history, reflection, correction, bad = FIRST_BELIEF, [], "", False, 0
         seen = executor.observe()            # the last text observation the agent saw
         description = self.observe(ep, seen)
@@ -173,17 +173,20 @@ class CleaAgent:
                     correction = True
                     ep.use_correction()
                     break
+                accepted = False                 # the critic judged this skill feasible before it ran
                 if self.use_critic:
                     p, feedback = self.criticise(ep, belief, description, history, g.call)
                     if ep.stopped:
                         break
                     ep.emit("critic", action=str(g.call), p=p, feedback=feedback)
+                    counts["critic_checks"] += int(p is not None)
                     if p is not None and p < self.threshold:
                         counts["critic_rejections"] += 1
                         reflection = (f"Reflection: the critic rejected {g.call} (feasibility {p:.2f} < "
                                       f"{self.threshold:g}): {feedback}")
                         ep.note(f"critic rejected {g.call} (p={p:.2f}); replanning")
                         break
+                    accepted = p is not None
                 if not ep.budget_left():
                     break
                 before = seen
@@ -206,6 +209,7 @@ class CleaAgent:
                 counts["memory_updates"] += 1
                 if not result.success:
                     counts["failure_replans"] += 1
+                    counts["critic_accepted_failed"] += int(accepted)   # the critic let a failing skill run
                     reflection = f"Reflection: {outcome}. Replan from here."
                     correction = True
                     ep.use_correction()

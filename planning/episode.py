@@ -119,6 +119,12 @@ class EpisodeRecord:
         """Prompt plus completion tokens."""
         return self.prompt_tokens + self.completion_tokens
 
+    def repeats_after_failure(self) -> tuple:
+        """(failed skills followed by another skill, of those the ones whose next skill was the identical
+        call): how often a planner answered a failure by trying exactly the same thing again."""
+        followed = [(a, b) for a, b in zip(self.steps, self.steps[1:]) if not a.success]
+        return len(followed), sum(a.call == b.call for a, b in followed)
+
     def to_dict(self) -> dict:
         """JSON-serialisable form, steps included."""
         d = asdict(self)

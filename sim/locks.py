@@ -89,13 +89,23 @@ def _parse(raw: bytes) -> Optional[dict]:
 class FolderLock:
     """An exclusive lock on a folder for one run (`with FolderLock(dir, "collect"):`); see the module notes."""
 
-    def __init__(self, folder: str, purpose: str, log: Optional[Callable[[str], None]] = None) -> None:
+    def __init__(self, folder: str, purpose: str, log: Optional[Callable[[str], None]] = None, *,
+                 name: str = LOCK_NAME, what: Optional[str] = None) -> None:
+        """`name`: the lock file inside `folder`; `what`: the thing the messages say is in use (default the
+        folder; `FolderLock.for_file` locks one file of a folder)."""
         self.folder = folder
-        self.path = os.path.join(folder, LOCK_NAME)
+        self.path = os.path.join(folder, name)
+        self.what = what or folder
         self.purpose = purpose
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self.stale: Optional[dict] = None   # the dead holder's record this lock took over, if any
         self._fd: Optional[int] = None
+
+    @classmethod
+    def for_file(cls, path: str, purpose: str, log: Optional[Callable[[str], None]] = None) -> "FolderLock":
+        """A lock on one file that a run appends to or rewrites (its lock file is `.NAME.lock` beside it)."""
+        folder, base = os.path.split(os.path.abspath(path))
+        return cls(folder, purpose, log, name=f".{base}.lock", what=path)
 
     def acquire(self) -> "FolderLock":
         """Take the lock or raise LockError naming the holder; takes over (and reports) a stale lock."""
@@ -116,13 +126,13 @@ class FolderLock:
                 raise LockError(f"{self.path}: cannot lock ({exc.strerror or exc})") from None
             note = ("; that pid is gone but a process it started still has the lock file open"
                     if _names_dead_process(holder) else "")
-            raise LockError(f"{self.folder} is in use by {_describe(holder)}{note}; wait for that run to end "
+            raise LockError(f"{self.what} is in use by {_describe(holder)}{note}; wait for that run to end "
                             f"or stop it (lock {self.path})") from None
         previous = _parse(os.pread(fd, 1 << 16, 0))
         if previous and self._record_is_live(previous):
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
-            raise LockError(f"{self.folder} is in use by {_describe(previous)}, yet flock was granted: the "
+            raise LockError(f"{self.what} is in use by {_describe(previous)}, yet flock was granted: the "
                             f"filesystem does not honour flock; use a local folder (lock {self.path})")
         self._fd = fd
         _HELD[fd] = self
@@ -135,7 +145,7 @@ class FolderLock:
             self.release()
             raise LockError(f"{self.path}: cannot write the holder record ({exc.strerror or exc})") from None
         if previous:
-            self.log(f"note: took over the stale lock of {self.folder} left by {_describe(previous)}: that run "
+            self.log(f"note: took over the stale lock of {self.what} left by {_describe(previous)}: that run "
                      f"ended without releasing it")
         return self
 

@@ -334,6 +334,7 @@ def test_clea_memory_is_incremental_and_critic_votes_gate_actions(stack_env):
     assert all(t.count("Action:") == 1 for t in memory)                   # only the latest record
     assert "Done:" in memory[1].split("Belief so far:")[1].split("New records")[0]   # built on the last belief
     assert [n for tag, n, _ in seen if tag == "clea_critic"] == [5, 5]
+    assert rec.extra["critic_checks"] == 2 and rec.extra["critic_accepted_failed"] == 0
 
     stack_env.reset(seed=0)   # a critic that always says NO stops every action
     no = ScriptedLLM({"clea_critic": "NO\nFeedback: not now.", "clea_observer": "a table",
@@ -341,6 +342,30 @@ def test_clea_memory_is_incremental_and_critic_votes_gate_actions(stack_env):
                                                     % scene(stack_env)[0]] * n})
     rec2 = CleaAgent(max_rounds=4).run(EnvSkillExecutor(stack_env), no)
     assert not rec2.steps and rec2.extra["critic_rejections"] == 4 and "round budget" in rec2.error
+    assert rec2.extra["critic_checks"] == 4 and rec2.extra["critic_accepted_failed"] == 0
+
+
+def test_clea_counts_a_critic_that_lets_a_failing_skill_run_and_a_planner_that_repeats_it(stack_env):
+    a, b, _ = scene(stack_env)
+    yes = ScriptedLLM({"clea_critic": "YES\nFeedback: fine.", "clea_observer": "a table", "clea_memory": "noted",
+                       "clea_planner": lambda m, n: ['```json\n{"subgoal": "s", "actions": ["place(%s, %s)"]}\n```'
+                                                     % (a, b)] * n})   # place with an empty hand always fails
+    rec = CleaAgent(max_corrections=3).run(EnvSkillExecutor(stack_env), yes)
+    assert rec.steps and not any(s.success for s in rec.steps) and "correction budget" in rec.error
+    assert rec.extra["critic_checks"] == len(rec.steps) == rec.extra["critic_accepted_failed"] == rec.failures
+    assert rec.extra["critic_rejections"] == 0
+    assert rec.repeats_after_failure() == (len(rec.steps) - 1, len(rec.steps) - 1)
+
+
+def test_repeats_after_failure_counts_only_an_identical_next_call():
+    from taskweave.planning.episode import EpisodeRecord
+    rec = EpisodeRecord("t", "p")
+    for call, ok in [("pick(a)", False), ("pick(a)", True), ("place(a, b)", False), ("pick(c)", False),
+                     ("pick(c)", False)]:
+        rec.add_step(call, success=ok)
+    # pick(a) failed -> pick(a) again; place failed -> pick(c); pick(c) failed -> pick(c) again; the last has no next
+    assert rec.repeats_after_failure() == (3, 2)
+    assert EpisodeRecord("t", "p").repeats_after_failure() == (0, 0)
 
 
 OBS = """Task: stack them
