@@ -219,8 +219,12 @@ def write_markdown(path: str, rows: list, args, command: str, elapsed: float, pl
     head = headline(agg, real)
     lengths, example = prompt_lengths(rows), load_example("plan")
     model = rows[0].get("llm", args.llm) if rows else args.llm
-    about_llm = (f"The LLM is `{args.llm}` (`{model}`), a real language model run locally, replies constrained "
-                 f"(`--constrain {args.constrain}`) to the scene's skill grammar, option letters, YES/NO verdicts "
+    replay = args.llm.split(":", 1)[1] if args.llm.startswith("replay:") else ""
+    about_llm = ((f"The LLM is `{model}`, a real language model, its replies answered here from the record file "
+                  f"`{replay}` (no model is run; the record holds every exchange of the live run). Replies were "
+                  f"constrained " if replay else
+                  f"The LLM is `{args.llm}` (`{model}`), a real language model run locally, replies constrained ")
+                 + f"(`--constrain {args.constrain}`) to the scene's skill grammar, option letters, YES/NO verdicts "
                  "and CLEA's JSON. Tokens are the model's own counts (a request's prompt counted once; "
                  "`prompt_tokens_sent` in the episode rows counts it per sampling pass)."
                  + (f" Every exchange is recorded in `{os.path.basename(args.record)}`: `--llm replay:"
