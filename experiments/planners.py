@@ -331,13 +331,15 @@ def recovery_section(rows: list, planners: list, conds: list) -> list:
     Rows from an older run (without these fields) give no section rather than zeros."""
     if not rows or any("repeats_after_failure" not in r for r in rows):
         return []
+    critic_cols = "clea" in planners
     lines = ["", "## After a failed skill", "",
              "Summed over episodes. *Same call again*: the next skill the planner ran after a failure was the "
-             "identical call (for Tree-Planner this includes its one retry per node after a transient failure). "
-             "CLEA's critic: skills it judged, skills it rejected (tau=0.5), and skills it accepted that then "
-             "failed when run.", "",
-             "| condition | planner | failed skills | followed by another skill | same call again | critic checks "
-             "| critic rejections | accepted, then failed |", "|---|---|---|---|---|---|---|---|"]
+             "identical call (for Tree-Planner this includes its one retry per node after a transient failure)."
+             + (" CLEA's critic: skills it judged, skills it rejected (tau=0.5), and skills it accepted that then "
+                "failed when run." if critic_cols else ""), "",
+             "| condition | planner | failed skills | followed by another skill | same call again |"
+             + (" critic checks | critic rejections | accepted, then failed |" if critic_cols else ""),
+             "|---|---|---|---|---|" + ("---|---|---|" if critic_cols else "")]
     for cond in conds:
         for p in planners:
             rs = [r for r in rows if r["planner"] == p and r["condition"] == cond]
@@ -347,9 +349,9 @@ def recovery_section(rows: list, planners: list, conds: list) -> list:
                                                                     "repeats_after_failure", *CRITIC_COUNTS)}
             same = (f"{total['repeats_after_failure']} ({100 * total['repeats_after_failure'] / total['failures_followed']:.0f}%)"
                     if total["failures_followed"] else "0")
-            critic = ([str(total[k]) for k in CRITIC_COUNTS] if p == "clea" else ["-", "-", "-"])
-            lines.append(f"| {cond} | {NAMES[p]} | {total['failures']} | {total['failures_followed']} | {same} | "
-                         + " | ".join(critic) + " |")
+            critic = ([str(total[k]) for k in CRITIC_COUNTS] if p == "clea" else ["-", "-", "-"]) if critic_cols else []
+            lines.append(f"| {cond} | {NAMES[p]} | {total['failures']} | {total['failures_followed']} | {same} |"
+                         + "".join(f" {c} |" for c in critic))
     return lines
 
 
