@@ -12,7 +12,7 @@ from taskweave.planning.episode import run_episode
 from taskweave.planning.grounding import parse_plan, parse_subgoal_reply, parse_verdict
 from taskweave.planning.llm import make_llm
 from taskweave.planning.llm import models as models_mod
-from taskweave.planning.llm.constraints import (option_constraint, plan_constraint, step_constraint,
+from taskweave.planning.llm.constraints import (note_constraint, option_constraint, plan_constraint, step_constraint,
                                                 subgoal_constraint, verdict_constraint)
 from taskweave.planning.llm.models import KnownModel, ModelError, gguf_metadata, resolve_model
 from taskweave.planning.llm.replay import ReplayClient
@@ -103,6 +103,26 @@ def test_same_seed_same_samples_and_free_decoding_differs(llm):
     assert a == b
     free = llm.complete(MSGS, n=1, temperature=0.0, max_tokens=24)
     assert free.constrained == "" and free.texts[0]
+
+
+def test_greedy_grammar_decoding_takes_the_fast_path_and_gives_the_same_tokens(llm, monkeypatch):
+    from taskweave.planning.llm.llama import GreedyGrammarSampler
+    cons = [plan_constraint(OBJECTS, ZONES, 4), note_constraint(200), subgoal_constraint(OBJECTS, ZONES, 3)]
+    fast = [llm.complete(MSGS, n=1, temperature=0.0, max_tokens=64, constraint=c).texts[0] for c in cons]
+    sampler = llm.llm._sampler              # the last generation's sampler
+    assert isinstance(sampler, GreedyGrammarSampler) and sampler.fast > 0
+    monkeypatch.setenv("TASKWEAVE_LLM_GREEDY_GRAMMAR", "full")   # llama-cpp-python's own chain
+    full_client = make_llm("llama:smollm2-135m", seed=0)
+    try:
+        full = [full_client.complete(MSGS, n=1, temperature=0.0, max_tokens=64, constraint=c).texts[0] for c in cons]
+        assert not isinstance(full_client.llm._sampler, GreedyGrammarSampler)
+    finally:
+        full_client.close()
+    assert fast == full and all(fast)
+    assert parse_plan(fast[0]).ok and parse_subgoal_reply(fast[2], 3).ok
+    # sampling at a temperature keeps the library's chain
+    llm.complete(MSGS, n=1, temperature=0.8, max_tokens=16, constraint=cons[0])
+    assert not isinstance(llm.llm._sampler, GreedyGrammarSampler)
 
 
 def test_replay_keys_the_constraint(llm, tmp_path):
