@@ -131,7 +131,7 @@ class LlamaClient(LLMClient):
     supports_scoring = True
 
     def __init__(self, model: str = DEFAULT_MODEL, *, n_ctx: int = DEFAULT_CTX, n_threads: Optional[int] = None,
-                 seed: int = 0, meter=None, verbose: bool = False):
+                 seed: int = 0, meter=None, verbose: bool = False, greedy_grammar: Optional[str] = None):
         """Load a known model or a .gguf path (checked by sha256); seed fixes every sampling pass."""
         self.info = resolve_model(model)
         llama_cpp = _import_llama()
@@ -146,7 +146,12 @@ class LlamaClient(LLMClient):
                                        n_threads_batch=threads, seed=self.seed, verbose=verbose)
         except (ValueError, RuntimeError) as e:
             raise LLMConfigError(f"llama.cpp could not load {self.info.path}: {e}") from None
-        if os.environ.get("TASKWEAVE_LLM_GREEDY_GRAMMAR", "fast") != "full":   # "full": llama-cpp-python's chain
+        # greedy decoding under a grammar: "fast" (argmax first, see the module notes) or "full" (the library's chain)
+        self.greedy_grammar = greedy_grammar or os.environ.get("TASKWEAVE_LLM_GREEDY_GRAMMAR") or "fast"
+        if self.greedy_grammar not in ("fast", "full"):
+            raise LLMConfigError(f"greedy grammar mode must be fast or full, got {self.greedy_grammar!r} "
+                                 f"(TASKWEAVE_LLM_GREEDY_GRAMMAR)")
+        if self.greedy_grammar == "fast":
             _install_greedy_grammar(self.llm, llama_cpp)
 
     def _grammar_for(self, constraint):
@@ -252,7 +257,8 @@ class LlamaClient(LLMClient):
 
 
 def _llama_factory(arg: str, **kw) -> LlamaClient:
-    allowed = {k: v for k, v in kw.items() if k in ("n_ctx", "n_threads", "seed", "meter", "verbose")}
+    allowed = {k: v for k, v in kw.items() if k in ("n_ctx", "n_threads", "seed", "meter", "verbose",
+                                                     "greedy_grammar")}
     return LlamaClient(arg or DEFAULT_MODEL, **allowed)
 
 
